@@ -1,0 +1,198 @@
+"""Datasets as batched tf.data pipelines: `load_dataset(name, ...)` returns a `DatasetBundle`.
+
+This module imports no model code.
+"""
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import ConfigError, DataError, choices_message
+from .pipeline import Preprocessing, channel_stats, make_augmenter, make_dataset, parse_augment
+from .sources import (
+    CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style,
+)
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "image_folder")
+
+
+@dataclasses.dataclass
+class DatasetBundle:
+    """What `load_dataset` returns.
+
+    Attributes:
+        train, validation, test: batched `tf.data.Dataset`s of (float32 image, int32 label);
+            `validation` is None unless `validation_split` > 0.
+        num_classes, class_names, input_shape: what a model needs to know.
+        num_examples: {"train": n, "validation": n, "test": n}.
+        preprocessing: the `Preprocessing` applied (channels, size, padding, mean and std).
+        arrays: the uint8 arrays behind each split, {"train": (x, y), ...}, for plots and checks.
+    """
+
+    name: str
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    test: tf.data.Dataset
+    num_classes: int
+    class_names: list
+    input_shape: tuple
+    num_examples: dict
+    preprocessing: Preprocessing
+    arrays: dict
+    batch_size: int
+    augment: tuple = ()
+    seed: int = 0
+    source: str = ""
+
+    def with_batch_size(self, batch_size):
+        """The same data and transforms, batched by `batch_size` (for training phases)."""
+        if batch_size == self.batch_size:
+            return self
+        return _assemble(self.name, self.arrays, self.class_names, self.preprocessing, batch_size,
+                         self.augment, self.seed, self.source)
+
+
+def _subset_per_class(x, y, per_class, seed):
+    order = np.random.default_rng(seed).permutation(len(y))
+    keep = np.concatenate([order[y[order] == c][:per_class] for c in np.unique(y)])
+    keep.sort()
+    return x[keep], y[keep]
+
+
+def _carve_validation(x, y, fraction, seed):
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation_split must be in [0, 1); received {fraction!r}.")
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    x_train, x_val, y_train, y_val = train_test_split(
+        x, y, test_size=fraction, random_state=seed, stratify=stratify
+    )
+    return (x_train, y_train), (x_val, y_val)
+
+
+def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, seed):
+    folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file)
+    if name in ("mnist", "fashion_mnist"):
+        return load_mnist_style(name, data_dir, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES, download)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_dir, download, folder_options)
+    if name == "digits":
+        return load_digits(seed=0)
+    if path is None:
+        raise ConfigError("load_dataset('image_folder') needs path= a folder or a .tar/.tar.gz/.zip archive.")
+    return load_image_folder(path, **folder_options)
+
+
+def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size):
+    if name not in DATASETS:
+        raise ConfigError(choices_message("dataset", name, DATASETS))
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer; received {batch_size!r}.")
+    if channels not in (None, 1, 3):
+        raise ConfigError(f"channels must be 1 or 3 (or None to keep the data's); received {channels!r}.")
+    if not isinstance(pad, int) or pad < 0:
+        raise ConfigError(f"pad must be a non-negative integer; received {pad!r}.")
+    if on_bad_file not in ("warn", "error"):
+        raise ConfigError(choices_message("on_bad_file", on_bad_file, ("warn", "error")))
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ConfigError(f"image_size must be (height, width); received {image_size!r}.")
+
+
+def load_dataset(
+    name,
+    *,
+    data_dir=None,
+    path=None,
+    batch_size=128,
+    image_size=None,
+    channels=None,
+    pad=0,
+    standardize=False,
+    validation_split=0.0,
+    augment=False,
+    train_subset_per_class=None,
+    seed=0,
+    cache_dir=None,
+    on_bad_file="warn",
+    download=True,
+):
+    """Loads a dataset as batched tf.data pipelines with the transforms the seeds need.
+
+    Args:
+        name: "mnist", "fashion_mnist", "cifar10", "cifar100", "digits" (scikit-learn's 8x8
+            digits, split 80/20 with a fixed seed) or "image_folder" (with `path=`).
+        data_dir: a folder holding the standard files (mnist.npz or IDX .gz files; the official
+            CIFAR archive or batches folder, or an image-folder archive such as
+            cifar10-jpeg.tar.gz). Defaults to `$KERAS_RESNET_LAB_DATA`; with neither, and no
+            local copy, tensorflow-datasets downloads it.
+        path: for "image_folder": a folder of `<split>/<class>/<image>` or a .tar/.tar.gz/.zip.
+        batch_size: examples per batch.
+        image_size: (height, width) the model receives (resized after padding).
+        channels: 1 or 3 to convert grayscale <-> RGB; None keeps the data's.
+        pad: zero-padding on each side (2 turns 28x28 MNIST into 32x32, as seed 002).
+        standardize: False (scale to [0, 1]), True (per-channel statistics of the train split)
+            or a (mean, std) pair.
+        validation_split: fraction of train held out (stratified, by `seed`) for model selection.
+        augment: False, True (crop+flip for RGB, affine for grayscale) or names from
+            "crop", "flip", "affine", "color", "sharpness"; applied to the train split only.
+        train_subset_per_class: keep only N training examples of each class (seed 003c).
+        seed: shuffling, validation split, subset and augmentation seed.
+        cache_dir: where archives are extracted and decoded images cached.
+        on_bad_file: "warn" (skip unreadable images, naming them) or "error".
+        download: allow tensorflow-datasets to download when no local copy exists.
+
+    Returns:
+        A `DatasetBundle`.
+
+    Example:
+        >>> data = load_dataset("mnist", data_dir="data", validation_split=0.1)
+        >>> data.num_examples
+        {'train': 54000, 'validation': 6000, 'test': 10000}
+    """
+    image_size = tuple(image_size) if image_size is not None else None
+    _check_settings(name, batch_size, channels, pad, on_bad_file, image_size)
+    decode_size = image_size if name == "image_folder" or not pad else None
+    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, seed)
+    x_train, y_train = raw.x_train, raw.y_train
+    if train_subset_per_class:
+        x_train, y_train = _subset_per_class(x_train, y_train, train_subset_per_class, seed)
+    arrays = {"train": (x_train, y_train), "test": (raw.x_test, raw.y_test)}
+    if validation_split:
+        arrays["train"], arrays["validation"] = _carve_validation(x_train, y_train, validation_split, seed)
+    channels = channels or x_train.shape[-1]
+    height, width = x_train.shape[1] + 2 * pad, x_train.shape[2] + 2 * pad
+    mean = std = None
+    if standardize is True:
+        mean, std = channel_stats(arrays["train"][0], channels)
+    elif standardize:
+        mean, std = (tuple(float(v) for v in np.broadcast_to(s, (channels,))) for s in standardize)
+    prep = Preprocessing(channels, image_size or (height, width), pad, mean, std)
+    augment = parse_augment(augment, channels)
+    return _assemble(name, arrays, raw.class_names, prep, batch_size, augment, seed, raw.source)
+
+
+def _assemble(name, arrays, class_names, prep, batch_size, augment, seed, source):
+    augmenter = make_augmenter(augment, prep.image_size, seed)
+    splits = {
+        split: make_dataset(x, y, prep, batch_size,
+                            shuffle_seed=seed if split == "train" else None,
+                            augmenter=augmenter if split == "train" else None)
+        for split, (x, y) in arrays.items()
+    }
+    return DatasetBundle(
+        name=name, train=splits["train"], validation=splits.get("validation"), test=splits["test"],
+        num_classes=len(class_names), class_names=list(class_names),
+        input_shape=(*prep.image_size, prep.channels),
+        num_examples={split: len(y) for split, (_, y) in arrays.items()},
+        preprocessing=prep, arrays=arrays, batch_size=batch_size, augment=augment, seed=seed,
+        source=source,
+    )
+
+
+__all__ = ["DATA_ENV", "DATASETS", "DatasetBundle", "Preprocessing", "load_dataset", "CIFAR10_CLASSES", "DataError"]

@@ -1,0 +1,140 @@
+"""Reading a folder of `<split>/<class>/<image>` files into uint8 arrays, decoded once and cached."""
+
+import hashlib
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+MAX_SIDE = 16384
+MAX_PIXELS = 64_000_000
+SPLIT_ALIASES = {"train": ("train", "training"), "test": ("test", "testing", "val", "validation")}
+
+
+def find_split_root(folder):
+    """The folder holding `train/` and `test/`: `folder` itself or a single nested folder."""
+    folder = Path(folder)
+    current = folder
+    for _ in range(3):
+        names = {p.name.lower() for p in current.iterdir() if p.is_dir()}
+        if "train" in names or "training" in names:
+            return current
+        children = [p for p in current.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if len(children) != 1:
+            break
+        current = children[0]
+    raise DataError(
+        f"{folder} is not an image folder: expected `train/<class>/<image>` and "
+        "`test/<class>/<image>` inside it (or inside its single top folder)."
+    )
+
+
+def _split_dir(root, split):
+    for alias in SPLIT_ALIASES[split]:
+        for candidate in (root / alias, root / alias.capitalize()):
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def list_images(split_dir, class_names=None):
+    """Returns (paths, labels, class_names); classes are the sorted sub-folder names."""
+    if class_names is None:
+        class_names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_names:
+        raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>).")
+    paths, labels = [], []
+    for label, name in enumerate(class_names):
+        class_dir = split_dir / name
+        if not class_dir.is_dir():
+            raise DataError(f"{split_dir} has no folder for class {name!r} (the train split has one).")
+        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        paths += files
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, np.int64), class_names
+
+
+def decode_image(path, image_size=None, mode="RGB"):
+    """Decodes one image file to a uint8 (H, W, C) array, refusing absurd sizes before decoding."""
+    with Image.open(path) as image:
+        width, height = image.size
+        if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+            raise ValueError(f"image of {width}x{height} pixels is larger than this loader accepts")
+        image = image.convert(mode)
+        if image_size is not None and image.size != (image_size[1], image_size[0]):
+            image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+        array = np.asarray(image, np.uint8)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _decode_all(paths, image_size, mode, on_bad_file):
+    def safe_decode(path):
+        try:
+            return decode_image(path, image_size, mode), None
+        except Exception as error:  # PIL raises many types for bad files; each is reported by path.
+            return None, f"{path}: {error}"
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        results = list(pool.map(safe_decode, paths, chunksize=64))
+    problems = [problem for _, problem in results if problem]
+    if problems and on_bad_file == "error":
+        raise DataError(f"Cannot read {len(problems)} image file(s): " + "; ".join(problems[:5]))
+    if problems:
+        warnings.warn(
+            f"Skipped {len(problems)} unreadable image file(s): " + "; ".join(problems[:10]),
+            stacklevel=3,
+        )
+    keep = [i for i, (array, _) in enumerate(results) if array is not None]
+    arrays = [results[i][0] for i in keep]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise DataError(
+            f"Images in {Path(paths[0]).parent.parent} have different sizes ({len(shapes)} kinds, "
+            "e.g. " + ", ".join(str(s[:2]) for s in list(shapes)[:3]) + "); pass image_size=(H, W)."
+        )
+    if not arrays:
+        raise DataError(f"No readable images in {Path(paths[0]).parent.parent}.")
+    return np.stack(arrays), keep
+
+
+def _cache_path(cache_dir, root, split, image_size, mode):
+    key = hashlib.sha256(f"{root.resolve()}|{split}|{image_size}|{mode}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / "decoded" / f"{root.name}-{split}-{key}.npz"
+
+
+def save_npz_atomic(path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_split(root, split, *, image_size, mode, class_names, cache_dir, on_bad_file):
+    """Decodes one split of an image folder (or reads its cached decode). Returns x, y, classes."""
+    split_dir = _split_dir(root, split)
+    if split_dir is None:
+        raise DataError(f"{root} has no `{split}/` folder (looked for {', '.join(SPLIT_ALIASES[split])}).")
+    paths, labels, class_names = list_images(split_dir, class_names)
+    if not paths:
+        raise DataError(f"{split_dir} has class folders but no image files.")
+    cached = _cache_path(cache_dir, root, split, image_size, mode)
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as data:
+            if int(data["count"]) == len(paths):
+                return data["x"], data["y"], class_names
+    x, keep = _decode_all(paths, image_size, mode, on_bad_file)
+    y = labels[keep]
+    save_npz_atomic(cached, x=x, y=y, count=np.asarray(len(paths)))
+    return x, y, class_names

@@ -1,0 +1,280 @@
+"""Where each dataset's raw uint8 arrays come from: local files first, then tensorflow-datasets.
+
+Every reader returns a `RawData` of uint8 (N, H, W, C) images and int64 labels, so the tf.data
+pipeline never needs to know which file format it came from.
+"""
+
+import dataclasses
+import gzip
+import io
+import os
+import pickle
+import socket
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+from .archives import default_cache_dir, extract_archive, is_archive
+from .images import find_split_root, load_split
+
+DATA_ENV = "KERAS_RESNET_LAB_DATA"
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+@dataclasses.dataclass
+class RawData:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: list
+    source: str
+
+
+def search_dirs(data_dir):
+    """The folders searched for local copies: `data_dir`, then `$KERAS_RESNET_LAB_DATA`."""
+    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get(DATA_ENV)) if d]
+    return list(dict.fromkeys(dirs))
+
+
+def _candidates(dirs, dataset, names):
+    for folder in dirs:
+        for base in (folder, folder / dataset):
+            for name in names:
+                yield base / name
+
+
+# ---------------------------------------------------------------- MNIST-style (npz and IDX)
+
+def _read_idx(path):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as error:
+        raise DataError(f"Cannot read IDX file {path}: {error}.") from None
+    if len(data) < 8 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
+    ndim = data[3]
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: its header promises {dims} but it holds {body.size} bytes.")
+    return body.reshape(dims)
+
+
+def _read_mnist_npz(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as error:
+        raise DataError(f"{path} lacks the array {error}; expected x_train, y_train, x_test, y_test.") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"Cannot read {path}: {error}.") from None
+    return arrays
+
+
+def _find_mnist_style(dataset, dirs):
+    if dataset == "mnist":
+        for path in _candidates(dirs, dataset, ["mnist.npz"]):
+            if path.is_file():
+                return _read_mnist_npz(path), str(path)
+    for folder in [base for d in dirs for base in (d, d / dataset)]:
+        files = {}
+        for key, stem in IDX_FILES.items():
+            found = [folder / f"{stem}{ext}" for ext in (".gz", "") if (folder / f"{stem}{ext}").is_file()]
+            if found:
+                files[key] = found[0]
+        if len(files) == 4:
+            return {key: _read_idx(path) for key, path in files.items()}, str(folder)
+    return None, None
+
+
+def load_mnist_style(dataset, data_dir, class_names, download):
+    dirs = search_dirs(data_dir)
+    arrays, source = _find_mnist_style(dataset, dirs)
+    if arrays is None:
+        looked_for = (["mnist.npz"] if dataset == "mnist" else []) + [f"{s}.gz" for s in IDX_FILES.values()]
+        return load_tfds(dataset, dirs, looked_for, download)
+    x_train, x_test = (arrays[k] for k in ("x_train", "x_test"))
+    return RawData(
+        x_train[..., None], arrays["y_train"].astype(np.int64), x_test[..., None],
+        arrays["y_test"].astype(np.int64), class_names, source,
+    )
+
+
+# ---------------------------------------------------------------- CIFAR (pickles or image folders)
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Allows only what CIFAR's pickles hold: numpy arrays, lists, dicts, numbers and strings."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is forbidden")
+        return self.ALLOWED[(module, name)]
+
+
+def read_cifar_pickle(data, origin):
+    """Unpickles one CIFAR batch with the restricted unpickler; names `origin` on failure."""
+    try:
+        batch = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except Exception as error:  # a crafted pickle can raise anything; nothing in it has run
+        raise DataError(f"Refusing {origin}: not a plain CIFAR pickle ({error}).") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"Refusing {origin}: a CIFAR pickle holds a dict, found {type(batch).__name__}.")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _cifar_arrays(batches, label_key):
+    x = np.concatenate([np.asarray(b["data"], np.uint8) for b in batches])
+    y = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
+
+
+CIFAR_LAYOUT = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py", "archive": "cifar-10-python.tar.gz",
+        "train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+        "meta": "batches.meta", "names": "label_names", "labels": "labels",
+    },
+    "cifar100": {
+        "folder": "cifar-100-python", "archive": "cifar-100-python.tar.gz",
+        "train": ["train"], "test": ["test"], "meta": "meta", "names": "fine_label_names",
+        "labels": "fine_labels",
+    },
+}
+
+
+def _read_cifar_members(layout, read_member):
+    train = [read_cifar_pickle(*read_member(n)) for n in layout["train"]]
+    test = [read_cifar_pickle(*read_member(n)) for n in layout["test"]]
+    meta = read_cifar_pickle(*read_member(layout["meta"]))
+    names = [n.decode() if isinstance(n, bytes) else n for n in meta[layout["names"]]]
+    (x_train, y_train), (x_test, y_test) = (_cifar_arrays(s, layout["labels"]) for s in (train, test))
+    return x_train, y_train, x_test, y_test, names
+
+
+def _read_cifar_tar(path, layout):
+    try:
+        with tarfile.open(path) as tf:
+            def read_member(name):
+                member = f"{layout['folder']}/{name}"
+                try:
+                    return tf.extractfile(member).read(), f"{path}:{member}"
+                except KeyError:
+                    raise DataError(f"{path} has no member {member}; is it the official archive?") from None
+            return _read_cifar_members(layout, read_member)
+    except (tarfile.TarError, EOFError, OSError) as error:
+        raise DataError(f"Cannot read {path}: {error}. Is the file complete?") from None
+
+
+def _read_cifar_folder(folder, layout):
+    def read_member(name):
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{folder} has no file {name}; expected the official CIFAR batches.")
+        return path.read_bytes(), str(path)
+    return _read_cifar_members(layout, read_member)
+
+
+def load_cifar(dataset, data_dir, download, image_folder_options):
+    layout = CIFAR_LAYOUT[dataset]
+    dirs = search_dirs(data_dir)
+    jpeg_names = [f"{dataset}-jpeg.tar.gz", f"{dataset}-jpeg.zip", f"{dataset}.tar.gz", dataset]
+    names = [layout["archive"], layout["folder"], *jpeg_names]
+    for path in _candidates(dirs, dataset, names):
+        if path.name == layout["archive"] and path.is_file():
+            return RawData(*_read_cifar_tar(path, layout), str(path))
+        if path.name == layout["folder"] and path.is_dir():
+            return RawData(*_read_cifar_folder(path, layout), str(path))
+        if path.name in jpeg_names and (path.is_file() or (path.is_dir() and path.name == dataset)):
+            return load_image_folder(path, **image_folder_options)
+    return load_tfds(dataset, dirs, names, download)
+
+
+# ---------------------------------------------------------------- image folders and archives
+
+def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="warn", mode="RGB"):
+    """Reads `<split>/<class>/<image>` files from a folder or a .tar/.tar.gz/.zip archive of one."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"Image folder {path} does not exist; pass path= a folder or archive of <split>/<class>/<image> files.")
+    cache_dir = Path(cache_dir or default_cache_dir())
+    folder = extract_archive(path, cache_dir) if is_archive(path) else path
+    root = find_split_root(folder)
+    options = dict(image_size=image_size, mode=mode, cache_dir=cache_dir, on_bad_file=on_bad_file)
+    x_train, y_train, class_names = load_split(root, "train", class_names=None, **options)
+    x_test, y_test, _ = load_split(root, "test", class_names=class_names, **options)
+    return RawData(x_train, y_train, x_test, y_test, class_names, str(path))
+
+
+# ---------------------------------------------------------------- scikit-learn digits
+
+def load_digits(seed=0, test_fraction=0.2):
+    """scikit-learn's 1,797 8x8 digits (0..16) as uint8 0..255, split 80/20, stratified, fixed seed."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = sklearn_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, digits.target.astype(np.int64), test_size=test_fraction, random_state=seed,
+        stratify=digits.target,
+    )
+    return RawData(x_train, y_train, x_test, y_test, [str(i) for i in range(10)], "sklearn.datasets.load_digits")
+
+
+# ---------------------------------------------------------------- tensorflow-datasets
+
+TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+def _online(timeout=3.0):
+    try:
+        socket.create_connection(TFDS_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _offline_error(dataset, dirs, looked_for, reason):
+    searched = ", ".join(str(d) for d in dirs) or "(none: no data_dir given and $KERAS_RESNET_LAB_DATA unset)"
+    return DataError(
+        f"No local copy of {dataset!r} and {reason}. Looked for {', '.join(looked_for)} in: "
+        f"{searched} (and their {dataset}/ subfolders). Fix: download those files into a folder "
+        f"and pass data_dir= (CLI: --data-dir) or set ${DATA_ENV}."
+    )
+
+
+def load_tfds(dataset, dirs, looked_for, download):
+    """Loads `dataset` through tensorflow-datasets, failing fast and clearly when offline."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(dataset)
+    if not builder.is_prepared():
+        if not download:
+            raise _offline_error(dataset, dirs, looked_for, "downloading is turned off (download=False)")
+        if not _online():
+            raise _offline_error(dataset, dirs, looked_for, "tensorflow-datasets cannot download it (offline)")
+        builder.download_and_prepare()
+    train, test = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1, as_supervised=True))
+    names = builder.info.features["label"].names
+    return RawData(train[0], train[1].astype(np.int64), test[0], test[1].astype(np.int64), names, f"tfds:{dataset}")

@@ -1,0 +1,85 @@
+"""The model registry: every named network is a builder function plus its default options."""
+
+import dataclasses
+import inspect
+from typing import Callable
+
+from ..errors import ConfigError, choices_message
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: the family builder, the options it is called with, and its defaults."""
+
+    name: str
+    builder: Callable
+    options: dict
+    input_shape: tuple
+    num_classes: int
+    description: str
+
+    def allowed_options(self):
+        params = inspect.signature(self.builder).parameters
+        return [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+_REGISTRY: dict = {}
+
+
+def register(name, builder, *, description, input_shape, num_classes=10, **options):
+    """Registers `name` as `builder` called with `options` (callers may override any of them)."""
+    if name in _REGISTRY:
+        raise ValueError(f"Model {name!r} is already registered.")
+    _REGISTRY[name] = ModelSpec(name, builder, options, tuple(input_shape), num_classes, description)
+
+
+def list_models():
+    """Returns the registered model names, sorted.
+
+    Example:
+        >>> "resnet18" in keras_resnet_lab.list_models()
+        True
+    """
+    return sorted(_REGISTRY)
+
+
+def get_spec(name):
+    if name not in _REGISTRY:
+        raise ConfigError(choices_message("model", name, list_models()))
+    return _REGISTRY[name]
+
+
+def build_model(name, *, input_shape=None, num_classes=None, **options):
+    """Builds the registered model `name` as a functional `keras.Model` that outputs logits.
+
+    Args:
+        name: a name from `list_models()`, e.g. "baseline_cnn", "mnist_resnet", "cifar_resnet20",
+            "resnet18".
+        input_shape: (height, width, channels); defaults to the model's usual input.
+        num_classes: size of the final `Dense(name="predictions")` layer (the swapped last layer).
+        **options: family options (e.g. `stem="small"`, `num_blocks=(1, 2)`, `activation=...`).
+
+    Raises:
+        ConfigError (a ValueError): unknown name or option, or an invalid value, before any layer
+            is built.
+
+    Example:
+        >>> model = build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small")
+    """
+    spec = get_spec(name)
+    allowed = spec.allowed_options()
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(
+                f"Model {name!r} has no option {key!r}. Valid options: {', '.join(allowed)}."
+            )
+    input_shape = tuple(input_shape or spec.input_shape)
+    if len(input_shape) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape):
+        raise ConfigError(
+            f"input_shape must be (height, width, channels) of positive integers; received "
+            f"{input_shape!r}."
+        )
+    num_classes = spec.num_classes if num_classes is None else num_classes
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer; received {num_classes!r}.")
+    return spec.builder(input_shape, num_classes, name=name, **{**spec.options, **options})
