@@ -2,16 +2,22 @@
 
 Example:
     >>> import keras_resnet_lab as lab
-    >>> model = lab.build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small")
-    >>> data = lab.load_dataset("digits")
+    >>> data = lab.load_dataset("digits", validation_split=0.1)
+    >>> model = lab.build_model("resnet18", input_shape=data.input_shape, num_classes=10, stem="small")
     >>> result = lab.train(model, data, epochs=5)
+    >>> result.metrics["accuracy"]
 """
 
+from .data import DatasetBundle, load_dataset
 from .errors import ConfigError, DataError, LabError, TrainingDiverged
 from .models import build_model, freeze, list_models, parameter_counts
+from .training import Phase, TrainConfig, TrainResult, train
+from .training.compare import compare, configs_for
+from .training.recipes import get_recipe, list_recipes
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "DataError", "LabError", "TrainingDiverged",
-    "build_model", "freeze", "list_models", "parameter_counts",
+    "ConfigError", "DataError", "DatasetBundle", "LabError", "Phase", "TrainConfig", "TrainResult",
+    "TrainingDiverged", "build_model", "compare", "configs_for", "freeze", "get_recipe", "list_models",
+    "list_recipes", "load_dataset", "parameter_counts", "train",
 ]

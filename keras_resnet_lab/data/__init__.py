@@ -4,6 +4,7 @@ This module imports no model code.
 """
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -12,7 +13,7 @@ import tensorflow as tf
 from ..errors import ConfigError, DataError, choices_message
 from .pipeline import Preprocessing, channel_stats, make_augmenter, make_dataset, parse_augment
 from .sources import (
-    CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style,
+    CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
 )
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -86,7 +87,18 @@ def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download
         return load_digits(seed=0)
     if path is None:
         raise ConfigError("load_dataset('image_folder') needs path= a folder or a .tar/.tar.gz/.zip archive.")
-    return load_image_folder(path, **folder_options)
+    return load_image_folder(_resolve_path(path, data_dir), **folder_options)
+
+
+def _resolve_path(path, data_dir):
+    """`path` as given if it exists, else relative to `data_dir` or `$KERAS_RESNET_LAB_DATA`."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    for folder in search_dirs(data_dir):
+        if (folder / path).exists():
+            return folder / path
+    return path
 
 
 def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size):

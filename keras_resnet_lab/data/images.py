@@ -63,7 +63,11 @@ def list_images(split_dir, class_names=None):
 
 def decode_image(path, image_size=None, mode="RGB"):
     """Decodes one image file to a uint8 (H, W, C) array, refusing absurd sizes before decoding."""
-    with Image.open(path) as image:
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"refused before decoding: {error}") from None
+    with image:
         width, height = image.size
         if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
             raise ValueError(f"image of {width}x{height} pixels is larger than this loader accepts")

@@ -4,6 +4,7 @@ Every reader returns a `RawData` of uint8 (N, H, W, C) images and int64 labels, 
 pipeline never needs to know which file format it came from.
 """
 
+import codecs
 import dataclasses
 import gzip
 import io
@@ -124,6 +125,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles written by Python 3 store bytes
     }
 
     def find_class(self, module, name):

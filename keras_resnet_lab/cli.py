@@ -1,0 +1,189 @@
+"""The `keras-resnet-lab` command. It only fills `TrainConfig`s and calls the Python API."""
+
+import argparse
+import os
+import shutil
+import sys
+import tomllib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+# Flags of `train` and `compare` that map one to one onto TrainConfig fields.
+CONFIG_FLAGS = {
+    "--epochs": int, "--batch-size": int, "--optimizer": str, "--learning-rate": float,
+    "--schedule": str, "--weight-decay": float, "--clipnorm": float, "--label-smoothing": float,
+    "--validation-split": float, "--early-stopping-patience": int, "--seed": int,
+    "--steps-per-execution": int, "--run-dir": str, "--data-dir": str,
+}
+
+
+def _parse_value(text):
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _overrides(args):
+    """TrainConfig fields from the flags given, then `--set key=value` (dotted keys for dicts)."""
+    values = {}
+    for flag in CONFIG_FLAGS:
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            values[flag[2:].replace("-", "_")] = value
+    if getattr(args, "overwrite", False):
+        values["overwrite"] = True
+    if getattr(args, "quiet", False):
+        values["verbose"] = "quiet"
+    for item in getattr(args, "set", None) or []:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set takes key=value; received {item!r}")
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            values.setdefault(outer, {})[inner] = _parse_value(text)
+        else:
+            values[key] = _parse_value(text)
+    return values
+
+
+def _merge(config, overrides):
+    for key in ("model_options", "dataset_options"):
+        if key in overrides:
+            overrides[key] = {**getattr(config, key), **overrides[key]}
+    return config.replace(**overrides)
+
+
+def _add_config_flags(parser):
+    for flag, kind in CONFIG_FLAGS.items():
+        parser.add_argument(flag, type=kind)
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="any TrainConfig field, e.g. --set model_options.stem='\"small\"' --set phases=...")
+    parser.add_argument("--overwrite", action="store_true", help="retrain even if the run folder holds a run")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def cmd_models(args):
+    from .models import build_model, get_spec, list_models, parameter_counts
+
+    print(f"{'name':<16} {'input':<12} {'classes':>7} {'trainable params':>17}  description")
+    for name in list_models():
+        spec = get_spec(name)
+        if name == "cifar_resnet" or (not args.all and name in ("resnet101", "resnet152")):
+            count = "-"
+        else:
+            count = f"{parameter_counts(build_model(name))['trainable']:,}"
+        shape = "x".join(map(str, spec.input_shape))
+        print(f"{name:<16} {shape:<12} {spec.num_classes:>7} {count:>17}  {spec.description}")
+
+
+def cmd_recipes(args):
+    from .training.recipes import RECIPES
+
+    for name in sorted(RECIPES):
+        recipe = RECIPES[name]
+        print(f"{name}\n    seed {recipe.seed}: {recipe.description}\n    seed reported: {recipe.reported}"
+              f"\n    ours: {recipe.measured}")
+
+
+def cmd_train(args):
+    from .training import TrainConfig, train
+    from .training.recipes import get_recipe
+
+    if args.recipe:
+        config = get_recipe(args.recipe).config()
+    elif args.config:
+        config = TrainConfig.from_file(args.config)
+    else:
+        config = TrainConfig()
+    if args.model:
+        config = config.replace(model=args.model)
+    if args.dataset:
+        config = config.replace(dataset=args.dataset)
+    result = train(_merge(config, _overrides(args)))
+    print(f"test accuracy {result.metrics['accuracy']:.4f}  macro F1 {result.metrics['f1_macro']:.4f}  "
+          f"run folder {result.run_dir}")
+
+
+def _run_compare(configs, run_dir, args):
+    from .training.compare import compare
+
+    overrides = _overrides(args)
+    overrides.pop("run_dir", None)
+    configs = [_merge(c, dict(overrides)) for c in configs]
+    result = compare(configs, run_dir=run_dir)
+    print(result.table())
+    print(f"\nPlots and tables in {result.run_dir}")
+    return result
+
+
+def cmd_compare(args):
+    from .training.compare import configs_for
+
+    if not (args.models and args.dataset) and not args.recipes:
+        raise SystemExit("error: compare needs --models A B ... --dataset D, or --recipes R1 R2 ...")
+    configs = configs_for(models=args.models, dataset=args.dataset if args.models else None, recipes=args.recipes)
+    _run_compare(configs, args.run_dir or f"runs/compare-{args.dataset or 'recipes'}", args)
+
+
+def cmd_demo(args):
+    from .training.compare import configs_for
+    from .training.recipes import DEMO_RECIPES
+
+    result = _run_compare(configs_for(recipes=DEMO_RECIPES), args.run_dir or "runs/demo", args)
+    best = max(result.results, key=lambda r: r.metrics["accuracy"])
+    target = result.run_dir / "best_model.keras"
+    shutil.copyfile(best.run_dir / "model.keras", target)
+    print(f"Best: {best.config.model} ({best.metrics['accuracy']:.4f} test accuracy), saved as {target}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-resnet-lab",
+        description="Compare plain CNNs with residual networks on Keras 3: train, compare, tune, ship.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    models = sub.add_parser("models", help="list the model zoo with parameter counts")
+    models.add_argument("--all", action="store_true", help="also count ResNet-101/152 (slower)")
+    models.set_defaults(func=cmd_models)
+    sub.add_parser("recipes", help="list the recipes that reproduce the seed experiments").set_defaults(func=cmd_recipes)
+
+    train = sub.add_parser("train", help="train one model (a recipe, a config file or flags)")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--recipe", help="a name from `keras-resnet-lab recipes`")
+    source.add_argument("--config", help="a TOML or YAML file of TrainConfig fields")
+    train.add_argument("--model", help="a name from `keras-resnet-lab models`")
+    train.add_argument("--dataset", help="mnist, fashion_mnist, cifar10, cifar100, digits, image_folder")
+    _add_config_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    compare = sub.add_parser("compare", help="train several models on one dataset and tabulate them")
+    compare.add_argument("--models", nargs="+")
+    compare.add_argument("--dataset")
+    compare.add_argument("--recipes", nargs="+")
+    _add_config_flags(compare)
+    compare.set_defaults(func=cmd_compare)
+
+    demo = sub.add_parser("demo", help="the main job: baseline CNN vs residual nets on the 8x8 digits")
+    _add_config_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from .errors import LabError
+
+    try:
+        args.func(args)
+    except LabError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted. Rerun the same command to resume from the last completed epoch.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

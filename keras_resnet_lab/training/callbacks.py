@@ -1,0 +1,73 @@
+"""The one callback Keras lacks: durable run state across phases and restarts.
+
+Keras' EarlyStopping and ModelCheckpoint reset their counters on every `fit()` call, and
+BackupAndRestore cannot span phases with different batch sizes, so this callback keeps the
+best value, the patience counter and the per-epoch history in `RunState`, and checkpoints
+weights with optimizer state after every epoch.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import keras
+
+from .run_state import save_weights_atomic
+
+
+class RunKeeper(keras.callbacks.Callback):
+    """Checkpoints every epoch, keeps the best weights, stops early, and stops on NaN loss."""
+
+    def __init__(self, run_dir, state, monitor="val_accuracy", patience=None):
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.state = state
+        self.monitor = monitor
+        self.maximize = "acc" in monitor
+        self.patience = patience
+        self.diverged = None  # (epoch, batch, loss) once the loss is not finite
+        self._epoch_start = 0.0
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.diverged is None:
+            self.diverged = (self._epoch + 1, batch + 1, float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged:
+            return
+        logs = dict(logs or {})
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["seconds"] = round(time.perf_counter() - self._epoch_start, 3)
+        state = self.state
+        state.history.append(row)
+        state.epochs_done = epoch + 1
+        self._track_best(row)
+        checkpoint = f"checkpoints/epoch-{epoch + 1:04d}.weights.h5"
+        save_weights_atomic(self.model, self.run_dir / checkpoint)
+        previous, state.checkpoint = state.checkpoint, checkpoint
+        state.save(self.run_dir)
+        if previous and previous != checkpoint:
+            (self.run_dir / previous).unlink(missing_ok=True)
+
+    def _track_best(self, row):
+        value = row.get(self.monitor)
+        state = self.state
+        if value is None or not math.isfinite(value):
+            return
+        better = state.best is None or (value > state.best if self.maximize else value < state.best)
+        if better:
+            state.best, state.best_epoch, state.wait = value, row["epoch"], 0
+            save_weights_atomic(self.model, self.run_dir / "checkpoints" / "best.weights.h5")
+            return
+        state.wait += 1
+        if self.patience and state.wait >= self.patience:
+            state.stopped_early = True
+            self.model.stop_training = True

@@ -1,0 +1,74 @@
+"""`compare`: several models trained one after another on one dataset, side by side."""
+
+import dataclasses
+import gc
+import json
+from pathlib import Path
+
+import keras
+
+from ..plots import plot_curves
+from .config import TrainConfig
+from .recipes import get_recipe
+from .run_state import write_atomic
+from .train import train
+
+COLUMNS = ("model", "parameters", "epochs", "seconds_per_epoch", "test_accuracy", "test_f1_macro")
+
+
+@dataclasses.dataclass
+class CompareResult:
+    """The `TrainResult` of each run, the table's rows, and the folder holding the comparison."""
+
+    results: list
+    rows: list
+    run_dir: Path
+
+    def table(self):
+        return format_table(self.rows)
+
+
+def format_table(rows, columns=COLUMNS):
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4f}" if value < 1 else f"{value:.2f}"
+        return f"{value:,}" if isinstance(value, int) else str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def configs_for(models=None, dataset=None, recipes=None, **settings):
+    """TrainConfigs for `recipes` (names) and for each of `models` on `dataset`."""
+    configs = [get_recipe(name).config(**settings) for name in recipes or ()]
+    configs += [TrainConfig.from_dict({**settings, "model": m, "dataset": dataset}) for m in models or ()]
+    return configs
+
+
+def compare(configs, run_dir="runs/compare", **settings):
+    """Trains each `TrainConfig` in turn (each in `run_dir/<name>`) and tabulates the results.
+
+    Memory is released between models (`keras.backend.clear_session()`), so a long list of
+    models does not accumulate memory as seed 001's loop did.
+
+    Example:
+        >>> result = compare(configs_for(models=["baseline_cnn", "lenet5"], dataset="mnist", epochs=3))
+        >>> print(result.table())
+    """
+    run_dir = Path(run_dir)
+    results, rows = [], []
+    for config in configs:
+        name = config.recipe or config.model
+        config = config.replace(run_dir=str(run_dir / name), **settings)
+        keras.backend.clear_session()
+        gc.collect()
+        result = train(config)
+        rows.append({**result.summary_row(), "run": name})
+        result.model = None  # keep only the figures: models are reloadable from each run folder
+        results.append(result)
+    write_atomic(run_dir / "comparison.md", format_table(rows) + "\n")
+    write_atomic(run_dir / "comparison.json", json.dumps(rows, indent=1))
+    plot_curves({row["run"]: r.history for row, r in zip(rows, results)}, run_dir / "comparison_curves.png",
+                title="Model comparison")
+    return CompareResult(results, rows, run_dir)

@@ -1,0 +1,224 @@
+"""`TrainConfig`: every training setting as one plain dataclass.
+
+Python calls, TOML/YAML files and the CLI all fill this same dataclass, and the resolved
+config is saved in the run directory.
+"""
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from ..errors import ConfigError, choices_message
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
+
+
+@dataclasses.dataclass
+class Phase:
+    """A stretch of epochs with its own learning rate and batch size (seed 000 used two)."""
+
+    epochs: int
+    learning_rate: Optional[float] = None
+    batch_size: Optional[int] = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """All settings of one training run. Every field has a default.
+
+    Example:
+        >>> config = TrainConfig(model="baseline_cnn", dataset="mnist", epochs=15)
+        >>> config = TrainConfig.from_file("my_run.toml")
+    """
+
+    model: str = "baseline_cnn"
+    model_options: dict = dataclasses.field(default_factory=dict)
+    dataset: str = "mnist"
+    dataset_options: dict = dataclasses.field(default_factory=dict)
+    data_dir: Optional[str] = None
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 30
+    step_gamma: float = 0.1
+    phases: list = dataclasses.field(default_factory=list)
+    clipnorm: Optional[float] = None
+    clipvalue: Optional[float] = None
+    label_smoothing: float = 0.0
+    validation_split: float = 0.1
+    monitor: str = "val_accuracy"
+    early_stopping_patience: Optional[int] = None
+    trainable_last: Optional[int] = None
+    seed: int = 0
+    mixed_precision: bool = False
+    steps_per_execution: int = 16
+    jit_compile: bool = False
+    run_dir: Optional[str] = None
+    overwrite: bool = False
+    verbose: str = "auto"
+    recipe: Optional[str] = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values):
+        """Builds a config from a mapping, refusing unknown keys with the list of valid ones."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in values if key not in names]
+        if unknown:
+            raise ConfigError(f"Unknown training setting(s) {unknown}. Valid settings: {', '.join(names)}.")
+        config = cls(**values)
+        config.phases = [p if isinstance(p, Phase) else Phase(**p) for p in config.phases]
+        return config
+
+    @classmethod
+    def from_file(cls, path):
+        """Reads a TOML (.toml) or YAML (.yaml/.yml) file of settings; a [train] table is accepted."""
+        values = read_config_file(path)
+        return cls.from_dict(values.get("train", values))
+
+    def replace(self, **changes):
+        """A copy with `changes` applied (validated like `from_dict`)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    # ------------------------------------------------------------------ derived values
+    def resolved_phases(self):
+        """[(first_epoch, end_epoch, learning_rate, batch_size)] covering all epochs."""
+        phases = self.phases or [Phase(self.epochs)]
+        spans, start = [], 0
+        for phase in phases:
+            lr = self.learning_rate if phase.learning_rate is None else phase.learning_rate
+            batch = self.batch_size if phase.batch_size is None else phase.batch_size
+            spans.append((start, start + phase.epochs, lr, batch))
+            start += phase.epochs
+        return spans
+
+    # ------------------------------------------------------------------ validation
+    def validate(self):
+        """Raises ConfigError on the first invalid setting; returns self."""
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("monitor", self.monitor, MONITORS)
+        _positive_int("epochs", self.epochs)
+        _positive_int("batch_size", self.batch_size)
+        _positive_int("steps_per_execution", self.steps_per_execution)
+        _positive_float("learning_rate", self.learning_rate)
+        for name in ("weight_decay", "warmup_epochs", "label_smoothing", "validation_split"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be a number >= 0; received {getattr(self, name)!r}.")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1); received {self.momentum!r}.")
+        if self.label_smoothing >= 1 or self.validation_split >= 1:
+            raise ConfigError("label_smoothing and validation_split must be below 1.")
+        for name in ("clipnorm", "clipvalue"):
+            if getattr(self, name) is not None:
+                _positive_float(name, getattr(self, name))
+        if self.early_stopping_patience is not None:
+            _positive_int("early_stopping_patience", self.early_stopping_patience)
+        if self.monitor.startswith("val_") and not self.validation_split and self.early_stopping_patience:
+            raise ConfigError(
+                f"Early stopping monitors {self.monitor!r} but validation_split is 0: "
+                "set validation_split (e.g. 0.1) or monitor='loss'."
+            )
+        self._validate_phases()
+        if self.verbose not in ("auto", "quiet", "bar", "line", 0, 1, 2):
+            raise ConfigError(choices_message("verbose", self.verbose, ("auto", "quiet", "bar", "line")))
+        return self
+
+    def _validate_phases(self):
+        for index, phase in enumerate(self.phases, start=1):
+            _positive_int(f"phases[{index}].epochs", phase.epochs)
+            if phase.learning_rate is not None:
+                _positive_float(f"phases[{index}].learning_rate", phase.learning_rate)
+            if phase.batch_size is not None:
+                _positive_int(f"phases[{index}].batch_size", phase.batch_size)
+        total = sum(p.epochs for p in self.phases)
+        if self.phases and total != self.epochs:
+            raise ConfigError(
+                f"The phases add up to {total} epochs but epochs is {self.epochs}; "
+                f"set epochs={total} or change the phases."
+            )
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise ConfigError(choices_message(name, value, choices))
+
+
+def _positive_int(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer; received {value!r}.")
+
+
+def _positive_float(name, value):
+    if not _is_number(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number; received {value!r}.")
+
+
+def read_config_file(path):
+    """Reads a TOML or YAML mapping, with one clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(path.read_text())
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(path.read_text())
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path} must hold a mapping of settings.")
+            return values
+    except ConfigError:
+        raise
+    except Exception as error:  # tomllib and yaml raise their own types
+        raise ConfigError(f"Cannot parse {path}: {error}") from None
+    raise ConfigError(f"Config file {path} must end in .toml, .yaml or .yml.")
+
+
+def write_toml(values, path):
+    """Writes a flat-or-nested mapping of plain values as TOML (enough for our configs)."""
+    lines, tables = [], []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            tables.append((f"[{key}]", value))
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            tables.extend((f"[[{key}]]", item) for item in value)
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for header, table in tables:
+        lines.append(f"\n{header}")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(value)

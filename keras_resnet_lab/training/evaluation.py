@@ -1,0 +1,36 @@
+"""Test-split metrics: accuracy, macro precision/recall/F1, per-class report, confusion matrix."""
+
+import numpy as np
+
+
+def predict_labels(model, dataset):
+    """(true labels, predicted labels, probabilities) over a batched (image, label) dataset."""
+    logits = model.predict(dataset.map(lambda images, labels: images), verbose=0)
+    true = np.concatenate([labels for labels in dataset.map(lambda images, labels: labels).as_numpy_iterator()])
+    logits = np.asarray(logits, np.float64)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    return true, probabilities.argmax(axis=1), probabilities
+
+
+def classification_metrics(y_true, y_pred, class_names):
+    from sklearn.metrics import (
+        accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support,
+    )
+
+    labels = list(range(len(class_names)))
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(precision),
+        "recall_macro": float(recall),
+        "f1_macro": float(f1),
+        "num_examples": int(len(y_true)),
+        "per_class": classification_report(
+            y_true, y_pred, labels=labels, target_names=[str(c) for c in class_names],
+            output_dict=True, zero_division=0,
+        ),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }

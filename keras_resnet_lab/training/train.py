@@ -1,0 +1,286 @@
+"""`train`: one call from a model and a dataset to a trained, evaluated, plotted, resumable run."""
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from ..data import DatasetBundle, load_dataset
+from ..errors import ConfigError, TrainingDiverged
+from ..models import build_model, freeze, parameter_counts
+from ..plots import plot_confusion_matrix, plot_curves
+from .callbacks import RunKeeper
+from .config import TrainConfig
+from .evaluation import classification_metrics, predict_labels
+from .run_state import RunState, save_model_atomic, write_atomic
+from .schedules import build_schedule
+
+# Settings that may differ between a run and its resumption without changing what it computes.
+_RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns.
+
+    Attributes:
+        model: the trained `keras.Model`, with the best weights (by `config.monitor`) restored.
+        history: one dict per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate, seconds.
+        metrics: test-split accuracy, precision_macro, recall_macro, f1_macro, per_class,
+            confusion_matrix, and the model's parameter counts.
+        run_dir: the folder holding config, history.csv, checkpoints, model.keras, plots.
+        config: the resolved `TrainConfig`.
+    """
+
+    model: keras.Model
+    history: list
+    metrics: dict
+    run_dir: Path
+    config: TrainConfig
+
+    def summary_row(self):
+        seconds = [row["seconds"] for row in self.history if "seconds" in row]
+        return {
+            "model": self.config.model,
+            "parameters": self.metrics.get("parameters", {}).get("trainable"),
+            "epochs": len(self.history),
+            "seconds_per_epoch": round(sum(seconds) / len(seconds), 2) if seconds else None,
+            "test_accuracy": self.metrics["accuracy"],
+            "test_f1_macro": self.metrics["f1_macro"],
+        }
+
+
+def train(model=None, dataset=None, config=None, **settings):
+    """Trains `model` on `dataset` and returns a `TrainResult`; resumes an interrupted run.
+
+    Args:
+        model: a registered model name, a `keras.Model`, or a `TrainConfig` (then `dataset` is
+            omitted).
+        dataset: a dataset name or the `DatasetBundle` from `load_dataset`.
+        config: a `TrainConfig` to start from; `**settings` override its fields
+            (epochs, batch_size, optimizer, learning_rate, schedule, phases, weight_decay,
+            clipnorm, label_smoothing, early_stopping_patience, mixed_precision, run_dir, ...).
+
+    Rerunning the same call after an interruption continues from the last completed epoch;
+    a finished run is loaded, not retrained, unless `overwrite=True`.
+
+    Example:
+        >>> result = train("baseline_cnn", "mnist", data_dir="data", epochs=15)
+        >>> result.metrics["accuracy"]
+    """
+    config, model, dataset = _resolve_config(model, dataset, config, settings)
+    config.validate()
+    run_dir = _prepare_run_dir(config)
+    state = RunState.load(run_dir)
+    if state.finished:
+        return _load_finished(run_dir, config, state)
+    keras.utils.set_random_seed(config.seed)
+    with _dtype_policy(config.mixed_precision):
+        bundle = dataset if isinstance(dataset, DatasetBundle) else _load_data(config)
+        model = model if isinstance(model, keras.Model) else _build(config, bundle)
+        if config.trainable_last is not None:
+            freeze(model, config.trainable_last)
+        spans = config.resolved_phases()
+        _compile(model, config, spans, bundle)
+        if state.checkpoint:
+            _restore(model, run_dir / state.checkpoint)
+            _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
+        _fit_phases(model, bundle, config, spans, state, run_dir)
+        best = run_dir / "checkpoints" / "best.weights.h5"
+        if best.is_file():
+            model.load_weights(best)
+        return _finish(model, bundle, config, state, run_dir)
+
+
+# ---------------------------------------------------------------------------- set-up
+
+def _resolve_config(model, dataset, config, settings):
+    if isinstance(model, TrainConfig):
+        config, model = model, None
+    config = (config or TrainConfig()).replace(**settings) if settings else (config or TrainConfig())
+    if isinstance(model, str):
+        config = config.replace(model=model)
+    elif isinstance(model, keras.Model):
+        config = config.replace(model=model.name)
+    elif model is not None:
+        raise ConfigError(f"model must be a registered name, a keras.Model or a TrainConfig; received {type(model).__name__}.")
+    if isinstance(dataset, str):
+        config = config.replace(dataset=dataset)
+    elif isinstance(dataset, DatasetBundle):
+        config = config.replace(dataset=dataset.name, batch_size=dataset.batch_size)
+    elif dataset is not None:
+        raise ConfigError(f"dataset must be a dataset name or a DatasetBundle; received {type(dataset).__name__}.")
+    return config, model, dataset
+
+
+def _prepare_run_dir(config):
+    run_dir = Path(config.run_dir or Path("runs") / (config.recipe or f"{config.model}-{config.dataset}"))
+    saved = run_dir / "config.json"
+    if config.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    elif saved.is_file():
+        _check_same_run(config, json.loads(saved.read_text()), run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.run_dir = str(run_dir)
+    write_atomic(saved, config.to_json())
+    return run_dir
+
+
+def _check_same_run(config, saved, run_dir):
+    current = config.to_dict()
+    changed = [k for k in current if k not in _RESUME_NEUTRAL and current[k] != saved.get(k)]
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
+        raise ConfigError(
+            f"{run_dir} holds a run with other settings ({details}). Pass overwrite=True "
+            "(--overwrite) to replace it, or another run_dir (--run-dir)."
+        )
+
+
+def _load_data(config):
+    options = {"validation_split": config.validation_split, "seed": config.seed, **config.dataset_options}
+    return load_dataset(config.dataset, data_dir=config.data_dir, batch_size=config.resolved_phases()[0][3], **options)
+
+
+def _build(config, bundle):
+    return build_model(config.model, input_shape=bundle.input_shape, num_classes=bundle.num_classes,
+                       **config.model_options)
+
+
+@contextlib.contextmanager
+def _dtype_policy(mixed_precision):
+    """Mixed precision for the run only: float16 on GPUs, bfloat16 on CPUs."""
+    previous = keras.config.dtype_policy()
+    if mixed_precision:
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_optimizer(config, learning_rate):
+    """The Keras optimizer `config` names; weight decay skips biases and batch-norm parameters."""
+    common = dict(learning_rate=learning_rate, clipnorm=config.clipnorm, clipvalue=config.clipvalue,
+                  weight_decay=config.weight_decay or None)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **common)
+    elif config.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(**common)
+    elif config.optimizer == "adamw":
+        common["weight_decay"] = config.weight_decay or 0.004
+        optimizer = keras.optimizers.AdamW(**common)
+    else:
+        optimizer = keras.optimizers.RMSprop(momentum=config.momentum, **common)
+    if common["weight_decay"]:
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def _steps_per_epoch(bundle):
+    return lambda batch_size: math.ceil(bundle.num_examples["train"] / batch_size)
+
+
+def _compile(model, config, spans, bundle):
+    if config.schedule == "plateau":
+        learning_rate = spans[0][2]
+    else:
+        learning_rate = build_schedule(config, spans, _steps_per_epoch(bundle))
+    if config.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(
+        optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
+        steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
+    )
+
+
+def _restore(model, checkpoint):
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    model.load_weights(checkpoint)
+
+
+# ---------------------------------------------------------------------------- training
+
+def _verbosity(setting):
+    mapping = {"quiet": 0, "bar": 1, "line": 2}
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return mapping.get(setting, setting)
+
+
+def _say(config, message):
+    if _verbosity(config.verbose):
+        print(message, flush=True)
+
+
+def _splits_for(bundle, batch_size, config):
+    data = bundle.with_batch_size(batch_size)
+    train_split, validation = data.train, data.validation
+    if config.label_smoothing:
+        def one_hot(images, labels):
+            return images, tf.one_hot(labels, bundle.num_classes)
+        train_split = train_split.map(one_hot)
+        validation = validation.map(one_hot) if validation is not None else None
+    return train_split, validation
+
+
+def _fit_phases(model, bundle, config, spans, state, run_dir):
+    monitor = config.monitor if bundle.validation is not None else config.monitor.removeprefix("val_")
+    keeper = RunKeeper(run_dir, state, monitor=monitor, patience=config.early_stopping_patience)
+    callbacks = [keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False)]
+    if config.schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.step_gamma, patience=3))
+    for start, end, learning_rate, batch_size in spans:
+        if state.epochs_done >= end or state.stopped_early:
+            continue
+        if config.schedule == "plateau" and state.epochs_done <= start:
+            model.optimizer.learning_rate = learning_rate
+        train_split, validation = _splits_for(bundle, batch_size, config)
+        model.fit(
+            train_split, validation_data=validation, initial_epoch=max(start, state.epochs_done),
+            epochs=end, callbacks=callbacks, verbose=_verbosity(config.verbose), shuffle=False,
+        )
+        if keeper.diverged:
+            epoch, batch, loss = keeper.diverged
+            kept = f"the last good checkpoint is {run_dir / state.checkpoint}" if state.checkpoint else "no epoch had completed"
+            raise TrainingDiverged(
+                f"The loss became {loss} at epoch {epoch}, batch {batch} (learning rate {learning_rate:g}); "
+                f"{kept}. Lower the learning rate (e.g. {learning_rate / 10:g}) or clip gradients "
+                "(clipnorm=1.0), then rerun with overwrite=True."
+            )
+
+
+# ---------------------------------------------------------------------------- results
+
+def _finish(model, bundle, config, state, run_dir):
+    y_true, y_pred, _ = predict_labels(model, bundle.test)
+    metrics = classification_metrics(y_true, y_pred, bundle.class_names)
+    metrics["parameters"] = parameter_counts(model)
+    metrics["best_epoch"] = state.best_epoch
+    metrics["epochs_trained"] = state.epochs_done
+    save_model_atomic(model, run_dir / "model.keras")
+    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
+    plot_curves({config.model: state.history}, run_dir / "plots" / "curves.png", title=f"{config.model} on {config.dataset}")
+    plot_confusion_matrix(metrics["confusion_matrix"], bundle.class_names, run_dir / "plots" / "confusion_matrix.png")
+    state.finished = True
+    state.save(run_dir)
+    _say(config, f"{config.model}: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
+                 f"({state.epochs_done} epochs; run folder {run_dir})")
+    return TrainResult(model, state.history, metrics, run_dir, config)
+
+
+def _load_finished(run_dir, config, state):
+    _say(config, f"{run_dir} is already trained; loading it (pass overwrite=True to train again).")
+    model = keras.saving.load_model(run_dir / "model.keras")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return TrainResult(model, state.history, metrics, run_dir, config)

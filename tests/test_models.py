@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import keras_resnet_lab as lab
+from keras_resnet_lab.models import get_spec
+
+# (name, build options, trainable parameters): the papers' and torchvision's figures.
+PINNED = [
+    ("baseline_cnn", {}, 21_840),
+    ("lenet5", {}, 107_786),
+    ("mnist_resnet", {}, 126_346),
+    ("cifar_resnet20", {}, 269_722),
+    ("cifar_resnet32", {}, 464_154),
+    ("cifar_resnet44", {}, 658_586),
+    ("cifar_resnet56", {}, 853_018),
+    ("cifar_resnet110", {}, 1_727_962),
+    ("cifar_resnet", {"depth": 32}, 464_154),
+    ("resnet18", {}, 11_689_512),
+    ("resnet34", {}, 21_797_672),
+    ("resnet50", {}, 25_557_032),
+    ("resnet101", {}, 44_549_160),
+    ("resnet152", {}, 60_192_808),
+    ("resnet50", {"num_classes": 10}, 23_528_522),
+]
+
+
+@pytest.mark.parametrize("name,options,expected", PINNED, ids=[f"{n}-{o}" for n, o, _ in PINNED])
+def test_pinned_parameter_counts(name, options, expected):
+    keras.backend.clear_session()
+    model = lab.build_model(name, **options)
+    assert lab.parameter_counts(model)["trainable"] == expected
+
+
+def small_shape(name):
+    spec = get_spec(name)
+    if spec.input_shape[0] == 224:
+        return (32, 32, 3)
+    return (16, 16, 1) if spec.input_shape == (28, 28, 1) else (16, 16, 3)
+
+
+@pytest.mark.parametrize("name", lab.list_models())
+def test_every_model_trains_one_step_and_every_weight_gets_a_gradient(name):
+    keras.backend.clear_session()
+    options = {"depth": 8} if name == "cifar_resnet" else {}
+    model = lab.build_model(name, input_shape=small_shape(name), num_classes=3, **options)
+    assert type(model).__name__ == "Functional"  # a functional model, not a subclass
+    assert model.get_layer("predictions").units == 3
+    images = tf.random.uniform((2, *small_shape(name)))
+    labels = tf.constant([0, 2])
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    gradients = tape.gradient(loss, model.trainable_weights)
+    assert logits.shape == (2, 3)
+    assert np.isfinite(logits.numpy()).all()
+    missing = [w.path for w, g in zip(model.trainable_weights, gradients) if g is None]
+    assert not missing
+    assert all(np.isfinite(g.numpy()).all() for g in gradients)
+
+
+def test_small_stem_resnet18_on_8x8_digits():
+    data = lab.load_dataset("digits", batch_size=16)
+    model = lab.build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small")
+    images, _ = next(iter(data.test))
+    assert model(images).shape == (16, 10)
+    assert model.get_layer("stem_conv").kernel.shape == (3, 3, 1, 64)
+
+
+def test_resnet50_on_mnist_batches(data_dir):
+    data = lab.load_dataset("mnist", data_dir=data_dir, batch_size=8, pad=2)
+    model = lab.build_model("resnet50", input_shape=(32, 32, 1), num_classes=10)
+    images, _ = next(iter(data.test))
+    assert model(images).shape == (8, 10)
+
+
+def test_torchvision_layout_of_the_bottleneck():
+    model = lab.build_model("resnet50", input_shape=(64, 64, 3), num_classes=10)
+    # The stride sits in the 3x3 conv (ResNet v1.5), and convs before batch norm have no bias.
+    assert model.get_layer("stage2_block1_1_conv").strides == (1, 1)
+    assert model.get_layer("stage2_block1_2_conv").strides == (2, 2)
+    assert not any(l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D))
+    assert model.get_layer("stage4_block3_out").output.shape[1:] == (2, 2, 2048)
+
+
+def test_cifar_option_a_shortcut_has_no_parameters_and_b_projects():
+    a = lab.build_model("cifar_resnet20", input_shape=(32, 32, 1))
+    b = lab.build_model("cifar_resnet20", input_shape=(32, 32, 1), shortcut="B")
+    assert lab.parameter_counts(b)["trainable"] > lab.parameter_counts(a)["trainable"]
+    assert "stage2_block1_shortcut_conv" in [l.name for l in b.layers]
+
+
+def test_num_blocks_per_stage_changes_the_residual_network():
+    model = lab.build_model("mnist_resnet", num_blocks=(1, 3), activation="leaky_relu", batch_norm=True)
+    names = [layer.name for layer in model.layers]
+    assert "stage1_block1_add" in names and "stage1_block2_add" not in names
+    assert "stage2_block3_add" in names and "stage1_block1_bn1" in names
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: lab.build_model("resnet19"), "Unknown model 'resnet19'.*resnet18"),
+        (lambda: lab.build_model("resnet18", stem="tiny"), "Unknown stem 'tiny'.*'small'"),
+        (lambda: lab.build_model("resnet18", colour=1), "no option 'colour'.*stem"),
+        (lambda: lab.build_model("cifar_resnet", depth=21), "6n\\+2.*received 21"),
+        (lambda: lab.build_model("mnist_resnet", num_blocks=(1, 2, 3)), "num_blocks.*received"),
+        (lambda: lab.build_model("lenet5", activation="swish2"), "Unknown activation 'swish2'"),
+        (lambda: lab.build_model("baseline_cnn", input_shape=(8, 8, 1)), "at least 16x16.*8x8"),
+        (lambda: lab.build_model("baseline_cnn", conv_dropout=1.5), "conv_dropout.*1.5"),
+        (lambda: lab.build_model("lenet5", input_shape=(28, 28)), "input_shape.*received"),
+        (lambda: lab.build_model("lenet5", num_classes=0), "num_classes.*received 0"),
+    ],
+)
+def test_bad_names_and_options_raise_clear_value_errors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_keras_save_and_load_round_trip(tmp_path):
+    model = lab.build_model("cifar_resnet20", input_shape=(16, 16, 3), num_classes=4)
+    images = tf.random.uniform((2, 16, 16, 3))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_array_equal(model(images).numpy(), reloaded(images).numpy())
+
+
+def test_freeze_trains_only_the_last_blocks():
+    model = lab.build_model("resnet18", input_shape=(16, 16, 3), num_classes=10, stem="small")
+    lab.freeze(model, trainable_last=3)
+    trainable_layers = {l.name for l in model.layers if l.trainable and l.weights}
+    assert trainable_layers and all(
+        name.startswith(("stage4_block1", "stage4_block2")) or name == "predictions" for name in trainable_layers
+    )
+    bn = model.get_layer("stage1_block1_1_bn")
+    assert not bn.trainable
+    images = tf.random.uniform((4, 16, 16, 3))
+    before = bn.moving_mean.numpy().copy()
+    model(images, training=True)
+    np.testing.assert_array_equal(before, bn.moving_mean.numpy())  # frozen BN runs in inference mode
+    counts = lab.parameter_counts(model)
+    assert counts["trainable"] == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    with pytest.raises(ValueError, match="trainable_last must be"):
+        lab.freeze(model, trainable_last=99)
