@@ -44,7 +44,7 @@ class RunKeeper(keras.callbacks.Callback):
             return
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["learning_rate"] = self._last_learning_rate()
         row["seconds"] = round(time.perf_counter() - self._epoch_start, 3)
         state = self.state
         state.history.append(row)
@@ -56,6 +56,16 @@ class RunKeeper(keras.callbacks.Callback):
         state.save(self.run_dir)
         if previous and previous != checkpoint:
             (self.run_dir / previous).unlink(missing_ok=True)
+
+    def _last_learning_rate(self):
+        """The rate the epoch's last step used (`optimizer.learning_rate` already gives the next)."""
+        optimizer = self.model.optimizer
+        schedule = optimizer._learning_rate
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            value = schedule(keras.ops.maximum(optimizer.iterations - 1, 0))
+        else:
+            value = optimizer.learning_rate
+        return float(keras.ops.convert_to_numpy(value))
 
     def _track_best(self, row):
         value = row.get(self.monitor)

@@ -29,13 +29,13 @@ class CompareResult:
 
 
 def format_table(rows, columns=COLUMNS):
-    def cell(value):
+    def cell(column, value):
         if isinstance(value, float):
-            return f"{value:.4f}" if value < 1 else f"{value:.2f}"
+            return f"{value:.4f}" if column.startswith("test_") else f"{value:.2f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ class TrainResult:
         }
 
 
-def train(model=None, dataset=None, config=None, **settings):
+def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
     """Trains `model` on `dataset` and returns a `TrainResult`; resumes an interrupted run.
 
     Args:
@@ -66,6 +66,7 @@ def train(model=None, dataset=None, config=None, **settings):
         config: a `TrainConfig` to start from; `**settings` override its fields
             (epochs, batch_size, optimizer, learning_rate, schedule, phases, weight_decay,
             clipnorm, label_smoothing, early_stopping_patience, mixed_precision, run_dir, ...).
+        callbacks: extra Keras callbacks, run after the run's own checkpointing each epoch.
 
     Rerunning the same call after an interruption continues from the last completed epoch;
     a finished run is loaded, not retrained, unless `overwrite=True`.
@@ -91,7 +92,7 @@ def train(model=None, dataset=None, config=None, **settings):
         if state.checkpoint:
             _restore(model, run_dir / state.checkpoint)
             _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
-        _fit_phases(model, bundle, config, spans, state, run_dir)
+        _fit_phases(model, bundle, config, spans, state, run_dir, list(callbacks))
         best = run_dir / "checkpoints" / "best.weights.h5"
         if best.is_file():
             model.load_weights(best)
@@ -234,10 +235,11 @@ def _splits_for(bundle, batch_size, config):
     return train_split, validation
 
 
-def _fit_phases(model, bundle, config, spans, state, run_dir):
+def _fit_phases(model, bundle, config, spans, state, run_dir, extra_callbacks):
     monitor = config.monitor if bundle.validation is not None else config.monitor.removeprefix("val_")
     keeper = RunKeeper(run_dir, state, monitor=monitor, patience=config.early_stopping_patience)
-    callbacks = [keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False)]
+    callbacks = [keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+                 *extra_callbacks]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.step_gamma, patience=3))
     for start, end, learning_rate, batch_size in spans:

@@ -1,0 +1,205 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import keras_resnet_lab as lab
+from keras_resnet_lab.cli import main
+from keras_resnet_lab.training.schedules import PhasedSchedule
+
+QUICK = dict(verbose="quiet", steps_per_execution=4)
+
+
+def tiny(tmp_path, **settings):
+    """A 1-epoch mnist_resnet run on the digits: seconds, not minutes."""
+    defaults = dict(model="mnist_resnet", dataset="digits", epochs=1, run_dir=str(tmp_path / "run"),
+                    model_options={"num_blocks": 1}, **QUICK)
+    return {**defaults, **settings}
+
+
+def test_few_steps_on_real_mnist(data_dir, tmp_path):
+    result = lab.train("baseline_cnn", "mnist", data_dir=str(data_dir), epochs=2, batch_size=32, learning_rate=3e-3,
+                       dataset_options={"train_subset_per_class": 100}, run_dir=str(tmp_path / "m"), **QUICK)
+    assert result.metrics["num_examples"] == 10000
+    assert result.metrics["accuracy"] > 0.5  # 900 examples, 2 epochs: far above chance (0.1)
+    assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+def test_digits_run_folder_holds_every_artifact(tmp_path):
+    result = lab.train(lab.TrainConfig(**tiny(tmp_path, epochs=2)))
+    run = result.run_dir
+    for name in ["config.json", "state.json", "history.csv", "metrics.json", "model.keras",
+                 "checkpoints/best.weights.h5", "plots/curves.png", "plots/confusion_matrix.png"]:
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics) >= {"accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 360
+    assert set(result.history[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+    assert (run / "history.csv").read_text().count("\n") == 3
+
+
+def test_a_finished_run_is_loaded_not_retrained(tmp_path, capsys):
+    first = lab.train(**tiny(tmp_path))
+    again = lab.train(**{**tiny(tmp_path), "verbose": "line"})
+    assert "already trained" in capsys.readouterr().out
+    assert again.metrics == first.metrics and len(again.history) == 1
+
+
+def test_other_settings_in_the_same_run_dir_are_refused(tmp_path):
+    lab.train(**tiny(tmp_path))
+    with pytest.raises(ValueError, match="other settings.*learning_rate.*overwrite"):
+        lab.train(**tiny(tmp_path, learning_rate=0.5))
+    assert lab.train(**tiny(tmp_path, learning_rate=0.5, overwrite=True)).config.learning_rate == 0.5
+
+
+def test_phases_set_learning_rate_and_batch_size(tmp_path):
+    phases = [{"epochs": 1, "learning_rate": 0.002, "batch_size": 32}, {"epochs": 1, "learning_rate": 0.0005, "batch_size": 64}]
+    result = lab.train(**tiny(tmp_path, epochs=2, phases=phases, validation_split=0.0))
+    assert [row["learning_rate"] for row in result.history] == pytest.approx([0.002, 0.0005])
+    steps = int(np.ceil(1437 / 32)) + int(np.ceil(1437 / 64))
+    assert int(result.model.optimizer.iterations) == steps
+
+
+def test_schedules_give_the_learning_rates_they_promise():
+    def lr(schedule, step):
+        return float(schedule(step))
+
+    constant = PhasedSchedule([(0, 10, 0.002), (10, 10, 0.0005)])
+    assert lr(constant, 9) == pytest.approx(0.002) and lr(constant, 10) == pytest.approx(0.0005)
+    cosine = PhasedSchedule([(0, 100, 0.1)], "cosine", warmup_steps=10)
+    assert lr(cosine, 0) == pytest.approx(0.01) and lr(cosine, 9) == pytest.approx(0.1)
+    assert lr(cosine, 55) == pytest.approx(0.05, abs=1e-6) and lr(cosine, 100) == pytest.approx(0.0, abs=1e-7)
+    step = PhasedSchedule([(0, 100, 0.1)], "step", step_size=30, gamma=0.1)
+    assert lr(step, 29) == pytest.approx(0.1) and lr(step, 30) == pytest.approx(0.01) and lr(step, 60) == pytest.approx(0.001)
+    onecycle = PhasedSchedule([(0, 100, 0.1)], "onecycle")
+    assert lr(onecycle, 0) == pytest.approx(0.004) and lr(onecycle, 30) == pytest.approx(0.1)
+    assert lr(onecycle, 100) == pytest.approx(0.1 / 25 / 1e4, rel=1e-3)
+
+
+def test_nan_loss_stops_with_epoch_batch_and_advice(tmp_path):
+    with pytest.raises(lab.TrainingDiverged, match=r"epoch 1, batch \d+.*Lower the learning rate"):
+        lab.train(**tiny(tmp_path, optimizer="sgd", learning_rate=1e12, momentum=0.0, steps_per_execution=1))
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.parametrize("settings,match", [
+    (dict(learning_rate=-0.1), "learning_rate must be a positive number; received -0.1"),
+    (dict(optimizer="adagrad"), "Unknown optimizer 'adagrad'.*'sgd'"),
+    (dict(schedule="linear"), "Unknown schedule 'linear'"),
+    (dict(epochs=3, phases=[{"epochs": 1}, {"epochs": 1}]), "phases add up to 2 epochs but epochs is 3"),
+    (dict(batchsize=3), "Unknown training setting.*batchsize"),
+    (dict(early_stopping_patience=2, validation_split=0.0), "validation_split is 0"),
+])
+def test_settings_are_validated_before_training(tmp_path, settings, match):
+    with pytest.raises(ValueError, match=match):
+        lab.train(**tiny(tmp_path, **settings))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    result = lab.train(**tiny(tmp_path, epochs=6, learning_rate=1e-9, early_stopping_patience=1, monitor="val_loss"))
+    assert len(result.history) < 6
+    assert result.metrics["best_epoch"] == min(result.history, key=lambda r: r["val_loss"])["epoch"]
+
+
+def test_config_file_and_dataclass_fill_the_same_settings(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(textwrap.dedent("""
+        model = "mnist_resnet"
+        dataset = "digits"
+        epochs = 2
+        [model_options]
+        num_blocks = [1, 0]
+        [[phases]]
+        epochs = 1
+        learning_rate = 0.01
+        [[phases]]
+        epochs = 1
+    """))
+    config = lab.TrainConfig.from_file(path)
+    assert config.model_options == {"num_blocks": [1, 0]} and config.resolved_phases()[0][2] == 0.01
+    yaml_path = tmp_path / "run.yaml"
+    yaml_path.write_text("model: lenet5\nepochs: 3\n")
+    assert lab.TrainConfig.from_file(yaml_path).epochs == 3
+    with pytest.raises(ValueError, match="Cannot parse"):
+        (tmp_path / "bad.toml").write_text("epochs = = 2")
+        lab.TrainConfig.from_file(tmp_path / "bad.toml")
+
+
+RESUME_SCRIPT = """
+import os, sys, keras
+import keras_resnet_lab as lab
+
+class Die(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == 2 and os.environ.get("DIE"):
+            os._exit(3)  # a killed process: no clean-up runs
+
+result = lab.train(model="mnist_resnet", dataset="digits", epochs=4, run_dir=sys.argv[1], verbose="line",
+                   model_options={"num_blocks": 1}, steps_per_execution=4, callbacks=[Die()])
+print("EPOCHS", [row["epoch"] for row in result.history])
+print("ITERATIONS", int(result.model.optimizer.iterations))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_at_the_next_epoch(tmp_path):
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME_SCRIPT)
+    run = str(tmp_path / "run")
+    killed = subprocess.run([sys.executable, str(script), run], env={**__import__("os").environ, "DIE": "1"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epochs_done"] == 2 and not state["finished"]
+    resumed = subprocess.run([sys.executable, str(script), run], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming" in resumed.stdout and "after epoch 2" in resumed.stdout
+    assert "Epoch 3/4" in resumed.stdout and "Epoch 1/4" not in resumed.stdout
+    assert "EPOCHS [1, 2, 3, 4]" in resumed.stdout
+    steps_per_epoch = int(np.ceil(1293 / 128))  # 90% of the 1,437 training digits
+    assert f"ITERATIONS {4 * steps_per_epoch}" in resumed.stdout  # optimizer state came back
+
+
+def test_compare_tabulates_and_frees_models(tmp_path):
+    configs = lab.configs_for(models=["lenet5", "mnist_resnet"], dataset="digits", epochs=1, **QUICK)
+    result = lab.compare(configs, run_dir=tmp_path / "cmp")
+    assert [row["model"] for row in result.rows] == ["lenet5", "mnist_resnet"]
+    assert all(r.model is None for r in result.results)
+    for name in ("comparison.md", "comparison.json", "comparison_curves.png", "lenet5/model.keras"):
+        assert (tmp_path / "cmp" / name).is_file()
+    assert f"| lenet5 | {result.rows[0]['parameters']:,} | 1 |" in result.table()
+
+
+def test_every_recipe_is_a_valid_config():
+    for name in lab.list_recipes():
+        config = lab.get_recipe(name).config()
+        assert config.validate().recipe == name
+
+
+def test_cli_models_recipes_and_train(tmp_path, capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "21,840" in out and "126,346" in out and "11,689,512" in out and "269,722" in out
+    assert main(["recipes"]) == 0
+    assert "seed000-mnist-baseline" in capsys.readouterr().out
+    run = str(tmp_path / "cli")
+    code = main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--run-dir", run,
+                 "--quiet", "--set", "dataset_options.image_size=[16, 16]", "--steps-per-execution", "4"])
+    assert code == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["dataset_options"] == {"image_size": [16, 16]}
+
+
+def test_cli_reports_errors_in_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "resnet19", "--dataset", "digits", "--run-dir", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Unknown model 'resnet19'") and "Traceback" not in err
+    code = main(["train", "--model", "mnist_resnet", "--dataset", "digits", "--run-dir", str(tmp_path / "nan"),
+                 "--optimizer", "sgd", "--learning-rate", "1e12", "--set", "momentum=0.0", "--quiet",
+                 "--steps-per-execution", "1"])
+    assert code == 1 and "loss became" in capsys.readouterr().err
