@@ -8,7 +8,13 @@ Example:
     >>> result.metrics["accuracy"]
 """
 
+import os
+
+# TensorFlow prints C++ INFO lines on import; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
 from .data import DatasetBundle, load_dataset
+from .export import export, load_exported
 from .errors import ConfigError, DataError, LabError, TrainingDiverged
 from .models import build_model, freeze, list_models, parameter_counts
 from .training import Phase, TrainConfig, TrainResult, train
@@ -18,6 +24,6 @@ from .training.recipes import get_recipe, list_recipes
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DatasetBundle", "LabError", "Phase", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "build_model", "compare", "configs_for", "freeze", "get_recipe", "list_models",
+    "TrainingDiverged", "build_model", "compare", "configs_for", "export", "load_exported", "freeze", "get_recipe", "list_models",
     "list_recipes", "load_dataset", "parameter_counts", "train",
 ]

@@ -1,12 +1,9 @@
 """The `keras-resnet-lab` command. It only fills `TrainConfig`s and calls the Python API."""
 
 import argparse
-import os
 import shutil
 import sys
 import tomllib
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 
 # Flags of `train` and `compare` that map one to one onto TrainConfig fields.
 CONFIG_FLAGS = {
@@ -35,6 +32,8 @@ def _overrides(args):
         values["overwrite"] = True
     if getattr(args, "quiet", False):
         values["verbose"] = "quiet"
+    if getattr(args, "export", False):
+        values["export"] = True
     for item in getattr(args, "set", None) or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -61,6 +60,7 @@ def _add_config_flags(parser):
                         help="any TrainConfig field, e.g. --set model_options.stem='\"small\"' --set phases=...")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if the run folder holds a run")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--export", action="store_true", help="also export a SavedModel to saved_models/<run>")
 
 
 def cmd_models(args):
@@ -135,6 +135,42 @@ def cmd_demo(args):
     target = result.run_dir / "best_model.keras"
     shutil.copyfile(best.run_dir / "model.keras", target)
     print(f"Best: {best.config.model} ({best.metrics['accuracy']:.4f} test accuracy), saved as {target}")
+    if args.export:
+        from .export import export
+
+        print(f"Exported a SavedModel to {export(best.run_dir)}")
+
+
+def cmd_export(args):
+    from .export import export
+
+    print(export(args.run_dir, args.export_dir, version=args.version, overwrite=args.overwrite))
+
+
+def cmd_predict(args):
+    import csv
+    import json
+
+    from .export import load_exported, predict_files
+
+    rows, problems = predict_files(load_exported(args.model), args.inputs, top_k=args.top_k)
+    for problem in problems:
+        print(f"warning: cannot read {problem}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps(rows, indent=1))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["file", "rank", "class", "probability"])
+        for row in rows:
+            for rank, (name, probability) in enumerate(row["top"], start=1):
+                writer.writerow([row["file"], rank, name, f"{probability:.6f}"])
+    else:
+        width = max([len(r["file"]) for r in rows] + [4])
+        print(f"{'file':<{width}}  top classes (probability)")
+        for row in rows:
+            print(f"{row['file']:<{width}}  " + ", ".join(f"{n} ({p:.3f})" for n, p in row["top"]))
+    if problems and not rows:
+        raise SystemExit(1)
 
 
 def build_parser():
@@ -167,6 +203,19 @@ def build_parser():
     demo = sub.add_parser("demo", help="the main job: baseline CNN vs residual nets on the 8x8 digits")
     _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
+    export = sub.add_parser("export", help="export a trained run as a SavedModel for serving")
+    export.add_argument("run_dir", help="a finished run folder, e.g. runs/seed000-mnist-baseline")
+    export.add_argument("--export-dir", help="default saved_models/<run name>")
+    export.add_argument("--version", type=int, help="default: the next free version")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    export.set_defaults(func=cmd_export)
+
+    predict = sub.add_parser("predict", help="classify image files with an exported model")
+    predict.add_argument("model", help="saved_models/<name> (latest version) or saved_models/<name>/<version>")
+    predict.add_argument("inputs", nargs="+", help="image files or folders")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -165,11 +165,16 @@ def test_a_killed_run_resumes_at_the_next_epoch(tmp_path):
     assert f"ITERATIONS {4 * steps_per_epoch}" in resumed.stdout  # optimizer state came back
 
 
-def test_compare_tabulates_and_frees_models(tmp_path):
+def test_compare_tabulates_and_frees_models(tmp_path, monkeypatch):
+    import keras
+
+    cleared = []
+    clear_session = keras.backend.clear_session
+    monkeypatch.setattr(keras.backend, "clear_session", lambda: (cleared.append(1), clear_session()))
     configs = lab.configs_for(models=["lenet5", "mnist_resnet"], dataset="digits", epochs=1, **QUICK)
     result = lab.compare(configs, run_dir=tmp_path / "cmp")
     assert [row["model"] for row in result.rows] == ["lenet5", "mnist_resnet"]
-    assert all(r.model is None for r in result.results)
+    assert all(r.model is None for r in result.results) and len(cleared) == 2  # nothing piles up
     for name in ("comparison.md", "comparison.json", "comparison_curves.png", "lenet5/model.keras"):
         assert (tmp_path / "cmp" / name).is_file()
     assert f"| lenet5 | {result.rows[0]['parameters']:,} | 1 |" in result.table()

@@ -184,7 +184,7 @@ def load_dataset(
         mean, std = channel_stats(arrays["train"][0], channels)
     elif standardize:
         mean, std = (tuple(float(v) for v in np.broadcast_to(s, (channels,))) for s in standardize)
-    prep = Preprocessing(channels, image_size or (height, width), pad, mean, std)
+    prep = Preprocessing(channels, image_size or (height, width), pad, mean, std, tuple(x_train.shape[1:3]))
     augment = parse_augment(augment, channels)
     return _assemble(name, arrays, raw.class_names, prep, batch_size, augment, seed, raw.source)
 

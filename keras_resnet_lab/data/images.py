@@ -15,6 +15,7 @@ from ..errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MAX_SIDE = 16384
 MAX_PIXELS = 64_000_000
+PROGRESS_THRESHOLD = 5000
 SPLIT_ALIASES = {"train": ("train", "training"), "test": ("test", "testing", "val", "validation")}
 
 
@@ -85,8 +86,18 @@ def _decode_all(paths, image_size, mode, on_bad_file):
         except Exception as error:  # PIL raises many types for bad files; each is reported by path.
             return None, f"{path}: {error}"
 
+    progress = None
+    if len(paths) >= PROGRESS_THRESHOLD:
+        from keras.utils import Progbar
+
+        print(f"Decoding {len(paths):,} images under {Path(paths[0]).parent.parent} (once; then cached)")
+        progress = Progbar(len(paths), unit_name="image")
+    results = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(pool.map(safe_decode, paths, chunksize=64))
+        for result in pool.map(safe_decode, paths):
+            results.append(result)
+            if progress is not None and (len(results) % 500 == 0 or len(results) == len(paths)):
+                progress.update(len(results))
     problems = [problem for _, problem in results if problem]
     if problems and on_bad_file == "error":
         raise DataError(f"Cannot read {len(problems)} image file(s): " + "; ".join(problems[:5]))

@@ -25,6 +25,7 @@ class Preprocessing:
     pad: int = 0
     mean: tuple = None
     std: tuple = None
+    source_size: tuple = None  # (height, width) of the stored images, before padding and resizing
 
     def to_dict(self):
         return dataclasses.asdict(self)

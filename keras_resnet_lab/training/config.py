@@ -65,6 +65,7 @@ class TrainConfig:
     jit_compile: bool = False
     run_dir: Optional[str] = None
     overwrite: bool = False
+    export: bool = False
     verbose: str = "auto"
     recipe: Optional[str] = None
 

@@ -22,7 +22,7 @@ from .run_state import RunState, save_model_atomic, write_atomic
 from .schedules import build_schedule
 
 # Settings that may differ between a run and its resumption without changing what it computes.
-_RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir")
+_RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "export")
 
 
 @dataclasses.dataclass
@@ -36,6 +36,7 @@ class TrainResult:
             confusion_matrix, and the model's parameter counts.
         run_dir: the folder holding config, history.csv, checkpoints, model.keras, plots.
         config: the resolved `TrainConfig`.
+        export_dir: the SavedModel version folder when `export=True`.
     """
 
     model: keras.Model
@@ -43,6 +44,7 @@ class TrainResult:
     metrics: dict
     run_dir: Path
     config: TrainConfig
+    export_dir: Path = None
 
     def summary_row(self):
         seconds = [row["seconds"] for row in self.history if "seconds" in row]
@@ -88,7 +90,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
         if config.trainable_last is not None:
             freeze(model, config.trainable_last)
         spans = config.resolved_phases()
-        _compile(model, config, spans, bundle)
+        compile_model(model, config, spans, bundle)
         if state.checkpoint:
             _restore(model, run_dir / state.checkpoint)
             _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
@@ -189,7 +191,8 @@ def _steps_per_epoch(bundle):
     return lambda batch_size: math.ceil(bundle.num_examples["train"] / batch_size)
 
 
-def _compile(model, config, spans, bundle):
+def compile_model(model, config, spans, bundle):
+    """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics)."""
     if config.schedule == "plateau":
         learning_rate = spans[0][2]
     else:
@@ -271,6 +274,7 @@ def _finish(model, bundle, config, state, run_dir):
     metrics["best_epoch"] = state.best_epoch
     metrics["epochs_trained"] = state.epochs_done
     save_model_atomic(model, run_dir / "model.keras")
+    write_atomic(run_dir / "data.json", json.dumps(data_contract(bundle), indent=1))
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     plot_curves({config.model: state.history}, run_dir / "plots" / "curves.png", title=f"{config.model} on {config.dataset}")
     plot_confusion_matrix(metrics["confusion_matrix"], bundle.class_names, run_dir / "plots" / "confusion_matrix.png")
@@ -278,11 +282,26 @@ def _finish(model, bundle, config, state, run_dir):
     state.save(run_dir)
     _say(config, f"{config.model}: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
                  f"({state.epochs_done} epochs; run folder {run_dir})")
-    return TrainResult(model, state.history, metrics, run_dir, config)
+    return _maybe_export(TrainResult(model, state.history, metrics, run_dir, config))
+
+
+def _maybe_export(result):
+    if result.config.export:
+        from ..export import export
+
+        result.export_dir = export(result.run_dir)
+        _say(result.config, f"Exported a SavedModel to {result.export_dir}")
+    return result
+
+
+def data_contract(bundle):
+    """What a served model needs to know about its inputs: classes and preprocessing."""
+    return {"dataset": bundle.name, "class_names": bundle.class_names, "input_shape": list(bundle.input_shape),
+            "preprocessing": bundle.preprocessing.to_dict()}
 
 
 def _load_finished(run_dir, config, state):
     _say(config, f"{run_dir} is already trained; loading it (pass overwrite=True to train again).")
     model = keras.saving.load_model(run_dir / "model.keras")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return TrainResult(model, state.history, metrics, run_dir, config)
+    return _maybe_export(TrainResult(model, state.history, metrics, run_dir, config))

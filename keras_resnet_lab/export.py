@@ -1,0 +1,240 @@
+"""SavedModel export for serving, with the preprocessing inside the graph, and loading it back.
+
+Layout (TF Serving's): `saved_models/<name>/<version>/` with `saved_model.pb`, `variables/`,
+`assets/metadata.json` (class names, the input contract, the preprocessing) and
+`manifest.sha256` (a checksum of every file). The `serving_default` signature takes raw uint8
+images (batch, height, width, channels) of any size with 1, 3 or 4 channels and returns
+`probabilities` and `class_index`.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .data.pipeline import Preprocessing, preprocess
+from .errors import ConfigError, LabError
+
+MANIFEST = "manifest.sha256"
+METADATA = "assets/metadata.json"
+FORMAT_VERSION = 1
+
+
+def _to_channels(images, channels):
+    """Dynamic 1/3/4 -> `channels` conversion (the channel count is unknown when tracing)."""
+    have = tf.shape(images)[-1]
+    rgb = tf.cond(have == 1, lambda: tf.repeat(images[..., :1], 3, axis=-1), lambda: images[..., :3])
+    if channels == 3:
+        return tf.ensure_shape(rgb, [None, None, None, 3])
+    gray = tf.cond(have == 1, lambda: images[..., :1], lambda: tf.image.rgb_to_grayscale(rgb))
+    return tf.ensure_shape(gray, [None, None, None, 1])
+
+
+def make_serving_function(model, prep):
+    """uint8 images of any size and channel count -> the model's probabilities and class index."""
+    source = tuple(prep.source_size or prep.image_size)
+    float_prep = Preprocessing(prep.channels, prep.image_size, prep.pad, prep.mean, prep.std, source)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
+    def serve(images):
+        x = _to_channels(images, prep.channels)
+        size = tf.shape(x)[1:3]
+        x = tf.cond(
+            tf.reduce_all(size == source),
+            lambda: x,
+            lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(x, tf.float32), source)), 0, 255), tf.uint8),
+        )
+        x = tf.ensure_shape(x, [None, *source, prep.channels])  # now exactly what training saw
+        logits = model(preprocess(x, float_prep), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {"probabilities": probabilities, "class_index": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+    return serve
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder):
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    (folder / MANIFEST).write_text("\n".join(lines) + "\n")
+
+
+def verify_manifest(folder):
+    """Raises LabError if any file listed in the manifest is missing or changed."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise LabError(f"{folder} has no {MANIFEST}: it was not exported by keras_resnet_lab, or is incomplete. Export it again.")
+    for line in manifest.read_text().splitlines():
+        expected, _, name = line.partition("  ")
+        path = folder / name
+        if not path.is_file():
+            raise LabError(f"Refusing {folder}: {name} is missing (truncated export?). Export the model again.")
+        if _sha256(path) != expected:
+            raise LabError(f"Refusing {folder}: {name} does not match its checksum (changed or corrupt). Export the model again.")
+
+
+def _next_version(model_dir):
+    versions = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    return max(versions, default=0) + 1
+
+
+def _load_source(model_or_run_dir, preprocessing, class_names):
+    """(model, preprocessing, class names, name) from a run folder or a keras.Model."""
+    if isinstance(model_or_run_dir, keras.Model):
+        if preprocessing is None:
+            shape = model_or_run_dir.input_shape[1:]
+            preprocessing = Preprocessing(shape[-1], tuple(shape[:2]), source_size=tuple(shape[:2]))
+        names = class_names or [str(i) for i in range(model_or_run_dir.output_shape[-1])]
+        return model_or_run_dir, preprocessing, names, model_or_run_dir.name
+    run_dir = Path(model_or_run_dir)
+    if not (run_dir / "model.keras").is_file() or not (run_dir / "data.json").is_file():
+        raise ConfigError(f"{run_dir} is not a finished run folder (model.keras and data.json expected); train it first.")
+    contract = json.loads((run_dir / "data.json").read_text())
+    prep = contract["preprocessing"]
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
+    model = keras.saving.load_model(run_dir / "model.keras")
+    return model, preprocessing or prep, class_names or contract["class_names"], run_dir.name
+
+
+def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, preprocessing=None,
+           class_names=None, _before_rename=None):
+    """Writes a servable SavedModel to `export_dir/<version>/` and returns that folder.
+
+    Args:
+        model_or_run_dir: a finished run folder (from `train`) or a `keras.Model` (then give
+            `preprocessing`, a `Preprocessing`, unless its inputs are plain [0, 1] images).
+        export_dir: the model's folder; default `saved_models/<run or model name>`.
+        version: an integer; default the next free one. An existing version is refused unless
+            `overwrite=True`.
+
+    The export is written to a temporary folder beside the target and renamed, so a server
+    watching `export_dir` never sees a half-written version.
+
+    Example:
+        >>> export("runs/seed000-mnist-baseline")   # -> saved_models/seed000-mnist-baseline/1
+    """
+    model, prep, names, name = _load_source(model_or_run_dir, preprocessing, class_names)
+    model_dir = Path(export_dir or Path("saved_models") / name)
+    version = _next_version(model_dir) if version is None else version
+    if not isinstance(version, int) or version < 1:
+        raise ConfigError(f"version must be a positive integer; received {version!r}.")
+    target = model_dir / str(version)
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target} already exists; pass overwrite=True (--overwrite) or another version.")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", make_serving_function(model, prep))
+        archive.write_out(str(staging), verbose=False)
+        metadata = {
+            "format_version": FORMAT_VERSION, "name": name, "class_names": list(names),
+            "input": {"dtype": "uint8", "shape": "(batch, height, width, channels)", "channels": [1, 3, 4],
+                      "any_size": True},
+            "model_input_shape": [*prep.image_size, prep.channels], "preprocessing": prep.to_dict(),
+            "outputs": {"probabilities": "float32 (batch, classes)", "class_index": "int32 (batch,)"},
+        }
+        (staging / "assets").mkdir(exist_ok=True)
+        (staging / METADATA).write_text(json.dumps(metadata, indent=1))
+        _write_manifest(staging)
+        if _before_rename:
+            _before_rename(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+class ExportedModel:
+    """A loaded export: `predict(images)` on uint8 arrays, plus `class_names` and `metadata`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.metadata = json.loads((self.path / METADATA).read_text())
+        self.class_names = self.metadata["class_names"]
+        self._serve = tf.saved_model.load(str(self.path)).signatures["serving_default"]
+
+    def predict(self, images):
+        """uint8 (batch, H, W, C) -> (probabilities (batch, classes), class_index (batch,))."""
+        outputs = self._serve(images=tf.convert_to_tensor(np.asarray(images, np.uint8)))
+        return outputs["probabilities"].numpy(), outputs["class_index"].numpy()
+
+
+def resolve_version(path):
+    """A version folder as given, or the highest numbered version inside a model folder."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = sorted((int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()), reverse=True) \
+        if path.is_dir() else []
+    if not versions:
+        raise LabError(f"{path} holds no exported model (expected <version>/saved_model.pb).")
+    return path / str(versions[0])
+
+
+def load_exported(path):
+    """Loads an export after checking its manifest; `path` is a model or a version folder."""
+    folder = resolve_version(path)
+    verify_manifest(folder)
+    try:
+        return ExportedModel(folder)
+    except Exception as error:  # TensorFlow raises several types for a broken SavedModel
+        raise LabError(f"Cannot load {folder} as a SavedModel: {str(error).splitlines()[0]}") from None
+
+
+def _collect(inputs):
+    from .data.images import IMAGE_SUFFIXES
+
+    paths = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+def _read_image(path):
+    from PIL import Image
+
+    from .data.images import decode_image
+
+    with Image.open(path) as image:
+        mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    return decode_image(path, mode=mode)
+
+
+def predict_files(exported, inputs, top_k=3):
+    """Classifies image files and folders; returns (rows, problems).
+
+    Each row is {"file", "top": [(class name, probability), ...]}; each problem names a file
+    that could not be read, and the other files are still predicted.
+    """
+    rows, problems = [], []
+    for path in _collect(inputs):
+        try:
+            image = _read_image(path)
+        except Exception as error:  # unreadable, missing or not an image: named, then skipped
+            problems.append(f"{path}: {error}")
+            continue
+        probabilities, _ = exported.predict(image[None])
+        order = np.argsort(-probabilities[0])[:top_k]
+        rows.append({"file": str(path), "top": [(exported.class_names[i], float(probabilities[0][i])) for i in order]})
+    return rows, problems
