@@ -173,6 +173,19 @@ def cmd_predict(args):
         raise SystemExit(1)
 
 
+def cmd_visualize(args):
+    from pathlib import Path
+
+    from .export import _read_image, load_run, prepare_images
+    from .plots import plot_activations
+
+    model, prep, _, name = load_run(args.run_dir)
+    image = prepare_images(_read_image(args.image)[None], prep)[0].numpy()
+    out = Path(args.out or Path(args.run_dir) / "plots" / f"activations_{Path(args.image).stem}")
+    for path in plot_activations(model, image, layers=args.layers, path=out, per=args.per):
+        print(path)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-resnet-lab",
@@ -216,6 +229,15 @@ def build_parser():
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.set_defaults(func=cmd_predict)
+    visualize = sub.add_parser("visualize", help="look inside a trained model")
+    kinds = visualize.add_subparsers(dest="kind", required=True)
+    activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage")
+    activations.add_argument("run_dir", help="a finished run folder")
+    activations.add_argument("image", help="an image file (converted to the model's size and channels)")
+    activations.add_argument("--per", choices=("stage", "block"), default="stage")
+    activations.add_argument("--layers", nargs="+", help="explicit layer names instead")
+    activations.add_argument("--out", help="default <run_dir>/plots/activations_<image name>")
+    activations.set_defaults(func=cmd_visualize)
     return parser
 
 

@@ -36,22 +36,30 @@ def _to_channels(images, channels):
     return tf.ensure_shape(gray, [None, None, None, 1])
 
 
+def prepare_images(images, prep):
+    """uint8 images of any size and 1/3/4 channels -> the model's input, as training made it.
+
+    Images are converted to the trained channel count and resized to the stored image size,
+    then go through the training pipeline's own `preprocess` (pad, resize, scale, standardize).
+    """
+    source = tuple(prep.source_size or prep.image_size)
+    x = _to_channels(tf.convert_to_tensor(images, tf.uint8), prep.channels)
+    size = tf.shape(x)[1:3]
+    x = tf.cond(
+        tf.reduce_all(size == source),
+        lambda: x,
+        lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(x, tf.float32), source)), 0, 255), tf.uint8),
+    )
+    x = tf.ensure_shape(x, [None, *source, prep.channels])  # now exactly what training saw
+    return preprocess(x, prep)
+
+
 def make_serving_function(model, prep):
     """uint8 images of any size and channel count -> the model's probabilities and class index."""
-    source = tuple(prep.source_size or prep.image_size)
-    float_prep = Preprocessing(prep.channels, prep.image_size, prep.pad, prep.mean, prep.std, source)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def serve(images):
-        x = _to_channels(images, prep.channels)
-        size = tf.shape(x)[1:3]
-        x = tf.cond(
-            tf.reduce_all(size == source),
-            lambda: x,
-            lambda: tf.cast(tf.clip_by_value(tf.round(tf.image.resize(tf.cast(x, tf.float32), source)), 0, 255), tf.uint8),
-        )
-        x = tf.ensure_shape(x, [None, *source, prep.channels])  # now exactly what training saw
-        logits = model(preprocess(x, float_prep), training=False)
+        logits = model(prepare_images(images, prep), training=False)
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         return {"probabilities": probabilities, "class_index": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
 
@@ -100,7 +108,12 @@ def _load_source(model_or_run_dir, preprocessing, class_names):
             preprocessing = Preprocessing(shape[-1], tuple(shape[:2]), source_size=tuple(shape[:2]))
         names = class_names or [str(i) for i in range(model_or_run_dir.output_shape[-1])]
         return model_or_run_dir, preprocessing, names, model_or_run_dir.name
-    run_dir = Path(model_or_run_dir)
+    return load_run(model_or_run_dir, preprocessing, class_names)
+
+
+def load_run(run_dir, preprocessing=None, class_names=None):
+    """(model, preprocessing, class names, run name) of a finished run folder."""
+    run_dir = Path(run_dir)
     if not (run_dir / "model.keras").is_file() or not (run_dir / "data.json").is_file():
         raise ConfigError(f"{run_dir} is not a finished run folder (model.keras and data.json expected); train it first.")
     contract = json.loads((run_dir / "data.json").read_text())

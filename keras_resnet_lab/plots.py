@@ -60,3 +60,104 @@ def plot_confusion_matrix(matrix, class_names, path, title="Confusion matrix (te
             axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
                       color="white" if value > threshold else "black")
     return _save(figure, path)
+
+
+def _image_for_display(image):
+    image = np.asarray(image, np.float32)
+    low, high = float(image.min()), float(image.max())
+    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def plot_samples(images, labels, class_names, path, predictions=None, confidences=None, title=None, columns=8):
+    """A grid of images titled with their labels (and predictions with confidence, if given)."""
+    count = len(images)
+    rows = max(1, int(np.ceil(count / columns)))
+    figure = Figure(figsize=(1.6 * min(count, columns), 1.8 * rows))
+    axes = np.atleast_1d(figure.subplots(rows, min(count, columns))).ravel()
+    for index, axis in enumerate(axes):
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(_image_for_display(images[index]), cmap="gray")
+        text = f"{class_names[labels[index]]}"
+        if predictions is not None:
+            text = f"true {text}\npred {class_names[predictions[index]]}"
+            if confidences is not None:
+                text += f" ({confidences[index]:.2f})"
+        axis.set_title(text, fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_mistakes(y_true, y_pred, probabilities, images, class_names, path, count=16):
+    """The most confident wrong predictions on the test split."""
+    wrong = np.flatnonzero(y_true != y_pred)
+    order = wrong[np.argsort(-probabilities[wrong, y_pred[wrong]])][:count]
+    if not len(order):
+        figure = Figure(figsize=(4, 1))
+        figure.text(0.5, 0.5, "No test errors", ha="center", va="center")
+        return _save(figure, path)
+    return plot_samples(images[order], y_true[order], class_names, path, predictions=y_pred[order],
+                        confidences=probabilities[order, y_pred[order]], title="Worst test errors")
+
+
+def default_activation_layers(model, per="stage"):
+    """The stem's output and each stage's (or block's) output, by the zoo's layer names."""
+    import re
+
+    names = [layer.name for layer in model.layers]
+    stem = [n for n in names if n.startswith("stem_")][-1:]
+    blocks = [n for n in names if re.fullmatch(r"stage\d+_block\d+_out", n)]
+    if per == "stage":
+        last = {}
+        for name in blocks:
+            last[name.split("_")[0]] = name
+        blocks = list(last.values())
+    if stem or blocks:
+        return stem + blocks
+    return [layer.name for layer in model.layers if layer.__class__.__name__ in ("ReLU", "Activation")
+            and len(layer.output.shape) == 4]
+
+
+def plot_activations(model, image, layers=None, path=None, max_maps=16, per="stage"):
+    """Feature-map grids of `image` after the stem and after each stage (or `layers`).
+
+    Args:
+        model: a zoo model (any functional model works with explicit `layers`).
+        image: one preprocessed image (H, W, C) as the model receives it.
+        layers: layer names; default the stem and each stage's last block (`per="block"`: every
+            block).
+        path: a folder; one PNG per layer, `activations_<layer>.png`. Returns the paths.
+    """
+    import keras
+
+    layers = layers or default_activation_layers(model, per)
+    unknown = [name for name in layers if name not in {layer.name for layer in model.layers}]
+    if unknown:
+        from .errors import ConfigError
+
+        raise ConfigError(f"{model.name} has no layer(s) {unknown}; e.g. {default_activation_layers(model)}.")
+    probe = keras.Model(model.input, [model.get_layer(name).output for name in layers])
+    outputs = probe(np.asarray(image, np.float32)[None], training=False)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    paths = []
+    for name, output in zip(layers, outputs):
+        maps = keras.ops.convert_to_numpy(output)[0]
+        count = min(maps.shape[-1], max_maps)
+        columns = min(count, 8)
+        rows = int(np.ceil(count / columns)) + 1
+        figure = Figure(figsize=(1.4 * columns, 1.5 * rows))
+        axes = np.atleast_2d(figure.subplots(rows, columns))
+        for axis in axes.ravel():
+            axis.axis("off")
+        axes[0, 0].imshow(_image_for_display(image), cmap="gray")
+        axes[0, 0].set_title("input", fontsize=8)
+        for index in range(count):
+            axis = axes[1 + index // columns, index % columns]
+            axis.imshow(maps[..., index], cmap="viridis")
+            axis.set_title(f"#{index}", fontsize=7)
+        figure.suptitle(f"{name}: {maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]} (first {count} maps)")
+        paths.append(_save(figure, Path(path or ".") / f"activations_{name}.png"))
+    return paths

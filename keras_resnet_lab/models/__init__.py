@@ -39,3 +39,7 @@ for _depth, (_block, _sizes) in IMAGENET_STAGES.items():
     )
 
 __all__ = ["build_model", "freeze", "get_spec", "list_models", "parameter_counts", "register"]
+
+from .flops import flops_per_image  # noqa: E402
+
+__all__.append("flops_per_image")

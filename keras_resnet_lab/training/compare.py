@@ -2,12 +2,12 @@
 
 import dataclasses
 import gc
-import json
 from pathlib import Path
 
 import keras
 
 from ..plots import plot_curves
+from ..report import write_comparison_report
 from .config import TrainConfig
 from .recipes import get_recipe
 from .run_state import write_atomic
@@ -68,7 +68,7 @@ def compare(configs, run_dir="runs/compare", **settings):
         result.model = None  # keep only the figures: models are reloadable from each run folder
         results.append(result)
     write_atomic(run_dir / "comparison.md", format_table(rows) + "\n")
-    write_atomic(run_dir / "comparison.json", json.dumps(rows, indent=1))
     plot_curves({row["run"]: r.history for row, r in zip(rows, results)}, run_dir / "comparison_curves.png",
                 title="Model comparison")
+    write_comparison_report(run_dir, results, [row["run"] for row in rows])
     return CompareResult(results, rows, run_dir)

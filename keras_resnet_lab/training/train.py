@@ -13,11 +13,12 @@ import tensorflow as tf
 
 from ..data import DatasetBundle, load_dataset
 from ..errors import ConfigError, TrainingDiverged
-from ..models import build_model, freeze, parameter_counts
-from ..plots import plot_confusion_matrix, plot_curves
+from ..models import build_model, flops_per_image, freeze, parameter_counts
+from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_mistakes, plot_samples
 from .callbacks import RunKeeper
 from .config import TrainConfig
 from .evaluation import classification_metrics, predict_labels
+from ..report import write_run_report
 from .run_state import RunState, save_model_atomic, write_atomic
 from .schedules import build_schedule
 
@@ -268,9 +269,10 @@ def _fit_phases(model, bundle, config, spans, state, run_dir, extra_callbacks):
 # ---------------------------------------------------------------------------- results
 
 def _finish(model, bundle, config, state, run_dir):
-    y_true, y_pred, _ = predict_labels(model, bundle.test)
+    y_true, y_pred, probabilities = predict_labels(model, bundle.test)
     metrics = classification_metrics(y_true, y_pred, bundle.class_names)
     metrics["parameters"] = parameter_counts(model)
+    metrics["flops_per_image"] = flops_per_image(model)
     metrics["best_epoch"] = state.best_epoch
     metrics["epochs_trained"] = state.epochs_done
     save_model_atomic(model, run_dir / "model.keras")
@@ -278,11 +280,23 @@ def _finish(model, bundle, config, state, run_dir):
     write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
     plot_curves({config.model: state.history}, run_dir / "plots" / "curves.png", title=f"{config.model} on {config.dataset}")
     plot_confusion_matrix(metrics["confusion_matrix"], bundle.class_names, run_dir / "plots" / "confusion_matrix.png")
+    _plot_inside(model, bundle, y_true, y_pred, probabilities, run_dir / "plots")
     state.finished = True
     state.save(run_dir)
     _say(config, f"{config.model}: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
                  f"({state.epochs_done} epochs; run folder {run_dir})")
-    return _maybe_export(TrainResult(model, state.history, metrics, run_dir, config))
+    result = TrainResult(model, state.history, metrics, run_dir, config)
+    write_run_report(result)
+    return _maybe_export(result)
+
+
+def _plot_inside(model, bundle, y_true, y_pred, probabilities, folder):
+    """Sample images, the worst test errors, and activation grids of one test image."""
+    images, labels = bundle.arrays["test"]
+    plot_samples(images[:16], labels[:16], bundle.class_names, folder / "samples.png", title="Test samples")
+    plot_mistakes(y_true, y_pred, probabilities, images, bundle.class_names, folder / "mistakes.png")
+    first_batch = next(iter(bundle.test))[0]
+    plot_activations(model, first_batch[0].numpy(), path=folder / "activations")
 
 
 def _maybe_export(result):

@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_resnet_lab as lab
+from keras_resnet_lab.cli import main
+from keras_resnet_lab.models import flops_per_image
+from keras_resnet_lab.plots import default_activation_layers, plot_activations
+
+
+def assert_real_image(path, min_size=(100, 100)):
+    """Decodes as a PNG of a sensible size and is not blank (not pixel-exact on purpose)."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] >= min_size[0] and image.size[1] >= min_size[1]
+        pixels = np.asarray(image.convert("L"), np.float32)
+    assert pixels.std() > 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("plots") / "run"
+    return lab.train("mnist_resnet", "digits", epochs=1, run_dir=str(folder), verbose="quiet",
+                     model_options={"num_blocks": (1, 1)}, steps_per_execution=4)
+
+
+def test_a_run_writes_every_figure_and_a_report(run):
+    plots = run.run_dir / "plots"
+    for name in ("curves.png", "confusion_matrix.png", "samples.png", "mistakes.png"):
+        assert_real_image(plots / name)
+    grids = sorted(p.name for p in (plots / "activations").glob("*.png"))
+    assert grids == ["activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
+    markdown = (run.run_dir / "report.md").read_text()
+    assert "test accuracy" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
+    html = (run.run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "src='plots/" not in html  # self-contained
+
+
+def test_activation_layers_follow_the_zoo_names():
+    resnet = lab.build_model("resnet18", input_shape=(16, 16, 3), stem="small", num_classes=10)
+    assert default_activation_layers(resnet) == ["stem_act"] + [f"stage{i}_block2_out" for i in range(1, 5)]
+    assert len(default_activation_layers(resnet, per="block")) == 9
+    assert default_activation_layers(lab.build_model("baseline_cnn")) == ["relu1", "relu2"]
+
+
+def test_activation_grid_per_stage_and_unknown_layer(tmp_path):
+    model = lab.build_model("cifar_resnet20", input_shape=(16, 16, 3), num_classes=10)
+    paths = plot_activations(model, np.random.default_rng(0).random((16, 16, 3)), path=tmp_path)
+    assert len(paths) == 4  # the stem and three stages
+    for path in paths:
+        assert_real_image(path)
+    with pytest.raises(ValueError, match="no layer.*nope"):
+        plot_activations(model, np.zeros((16, 16, 3)), layers=["nope"], path=tmp_path)
+
+
+def test_flops_per_image_match_the_published_figures():
+    assert flops_per_image(lab.build_model("resnet50")) == pytest.approx(8.18e9, rel=0.01)  # 4.09 GMACs
+    assert flops_per_image(lab.build_model("resnet18")) == pytest.approx(3.63e9, rel=0.01)
+    assert flops_per_image(lab.build_model("baseline_cnn")) == 2 * (25 * 10 * 24 * 24 + 250 * 20 * 8 * 8 + 320 * 50 + 500)
+
+
+def test_visualize_cli_writes_one_grid_per_stage(run, tmp_path, capsys):
+    digit = lab.load_dataset("digits").arrays["test"][0][3, ..., 0]
+    Image.fromarray(digit).resize((28, 28)).save(tmp_path / "digit.png")  # another size: converted
+    assert main(["visualize", "activations", str(run.run_dir), str(tmp_path / "digit.png"), "--out", str(tmp_path / "grids")]) == 0
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
+        "activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
+
+
+def test_importing_the_package_leaves_the_matplotlib_backend_alone():
+    code = ("import matplotlib; matplotlib.use('svg'); import keras_resnet_lab, keras_resnet_lab.plots; "
+            "print(matplotlib.get_backend())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "svg", done.stderr[-1000:]
