@@ -1,6 +1,7 @@
 """The `keras-resnet-lab` command. It only fills `TrainConfig`s and calls the Python API."""
 
 import argparse
+import os
 import shutil
 import sys
 import tomllib
@@ -186,6 +187,48 @@ def cmd_visualize(args):
         print(path)
 
 
+def cmd_tune(args):
+    import dataclasses
+
+    from .tuning import TuneConfig, read_leaderboard, tune
+
+    if args.report:
+        print(read_leaderboard(args.report))
+        return
+    if not args.config:
+        raise SystemExit("error: tune needs --config tuning/FILE.toml (or --report tuning/PROJECT)")
+    _set_distributed_env(args)
+    config = TuneConfig.from_file(args.config)
+    changes = {k: v for k, v in (("max_trials", args.max_trials), ("tuner", args.tuner), ("max_epochs", args.max_epochs),
+                                 ("directory", args.directory), ("project_name", args.project_name)) if v is not None}
+    if args.overwrite:
+        changes["overwrite"] = True
+    train_changes = _overrides(args)
+    train_changes.pop("overwrite", None)
+    config = dataclasses.replace(config, train=_merge(config.train, train_changes), **changes)
+    result = tune(config=config, train_best=args.train_best)
+    if result is None:
+        print(f"Worker {args.role} finished; the chief prints the leaderboard.")
+        return
+
+    print(read_leaderboard(result.directory))
+    print(f"Best: {result.best_hyperparameters}\nBest config: {result.directory / 'best.toml'} "
+          f"(keras-resnet-lab train --config {result.directory / 'best.toml'})")
+    if args.train_best:
+        print(f"Best configuration retrained: test accuracy {result.best_run.metrics['accuracy']:.4f} "
+              f"in {result.best_run.run_dir}")
+
+
+def _set_distributed_env(args):
+    """keras-tuner's distributed mode reads three variables; the oracle defaults to loopback."""
+    if not args.role:
+        return
+    host, _, port = (args.oracle or "127.0.0.1:8000").rpartition(":")
+    os.environ["KERASTUNER_TUNER_ID"] = args.role
+    os.environ["KERASTUNER_ORACLE_IP"] = host or "127.0.0.1"
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-resnet-lab",
@@ -229,6 +272,22 @@ def build_parser():
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
     predict.set_defaults(func=cmd_predict)
+    tune = sub.add_parser("tune", help="keras-tuner search over learning rates, block counts, ...")
+    tune.add_argument("--config", help="a search definition, e.g. tuning/seed004-mnist-resnet.toml")
+    tune.add_argument("--report", metavar="DIR", help="print the leaderboard of tuning/<project> again")
+    tune.add_argument("--max-trials", type=int)
+    tune.add_argument("--max-epochs", type=int)
+    tune.add_argument("--tuner", choices=("hyperband", "random", "bayesian", "grid"))
+    tune.add_argument("--directory", help="default tuning")
+    tune.add_argument("--project-name")
+    tune.add_argument("--train-best", action="store_true", help="retrain the best configuration for its full epochs")
+    tune.add_argument("--role", help="distributed search: 'chief' or a worker id such as 'worker0'")
+    tune.add_argument("--oracle", metavar="HOST:PORT",
+                      help="the chief's address (default 127.0.0.1:8000). The oracle has no authentication: "
+                           "bind it to a trusted network only")
+    _add_config_flags(tune)
+    tune.set_defaults(func=cmd_tune)
+
     visualize = sub.add_parser("visualize", help="look inside a trained model")
     kinds = visualize.add_subparsers(dest="kind", required=True)
     activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage")
