@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from .data import DatasetBundle, load_dataset
 from .export import export, load_exported
 from .errors import ConfigError, DataError, LabError, TrainingDiverged
-from .models import build_model, freeze, list_models, parameter_counts
+from .models import build_model, freeze, list_models, parameter_counts, print_parameter_summary
 from .training import Phase, TrainConfig, TrainResult, train
 from .training.compare import compare, configs_for
 from .training.recipes import get_recipe, list_recipes
@@ -25,5 +25,5 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DatasetBundle", "LabError", "Phase", "TrainConfig", "TrainResult",
     "TrainingDiverged", "build_model", "compare", "configs_for", "export", "load_exported", "freeze", "get_recipe", "list_models",
-    "list_recipes", "load_dataset", "parameter_counts", "train",
+    "list_recipes", "load_dataset", "parameter_counts", "print_parameter_summary", "train",
 ]

@@ -346,3 +346,16 @@ def test_missing_dataset_offline_fails_fast_with_the_fix(tmp_path, no_local_data
     assert "mnist.npz" in message and str(tmp_path) in message and "KERAS_RESNET_LAB_DATA" in message
     with pytest.raises(ValueError, match="download=False"):
         lab.load_dataset("cifar10", data_dir=tmp_path, download=False)
+
+
+def test_augmentation_never_repeats_a_batch_of_transforms():
+    from keras_resnet_lab.data.pipeline import Preprocessing, make_augmenter, make_dataset
+
+    x = np.zeros((96, 16, 16, 1), np.uint8)
+    x[:, 5:11, 6:9] = 255  # every image the same: only the augmentation tells batches apart
+    prep = Preprocessing(1, (16, 16), source_size=(16, 16))
+    data = make_dataset(x, np.zeros(96, np.int64), prep, 4, shuffle_seed=0,
+                        augmenter=make_augmenter(("affine",)))
+    batches = [b.numpy() for epoch in range(2) for b, _ in data]
+    assert len(batches) == 48
+    assert not any(np.allclose(batches[i], batches[j]) for i in range(48) for j in range(i + 1, 48))

@@ -142,5 +142,10 @@ def test_freeze_trains_only_the_last_blocks():
     np.testing.assert_array_equal(before, bn.moving_mean.numpy())  # frozen BN runs in inference mode
     counts = lab.parameter_counts(model)
     assert counts["trainable"] == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    import io
+
+    printed = io.StringIO()
+    assert lab.print_parameter_summary(model, file=printed) == counts
+    assert f"{counts['trainable']:,} trainable" in printed.getvalue() and "frozen units (7)" in printed.getvalue()
     with pytest.raises(ValueError, match="trainable_last must be"):
         lab.freeze(model, trainable_last=99)

@@ -208,3 +208,22 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
                  "--optimizer", "sgd", "--learning-rate", "1e12", "--set", "momentum=0.0", "--quiet",
                  "--steps-per-execution", "1"])
     assert code == 1 and "loss became" in capsys.readouterr().err
+
+
+def test_ema_weights_are_validated_and_kept(tmp_path):
+    result = lab.train(**tiny(tmp_path, epochs=2, ema_momentum=0.9))
+    optimizer = result.model.optimizer
+    assert optimizer.use_ema
+    for variable, average in zip(result.model.trainable_variables, optimizer._model_variables_moving_average):
+        np.testing.assert_allclose(variable.numpy(), average.numpy())  # the model holds the averaged weights
+    with pytest.raises(ValueError, match="ema_momentum must be in"):
+        lab.train(**tiny(tmp_path, ema_momentum=1.5))
+
+
+def test_steps_per_execution_default_follows_the_measurements():
+    from keras_resnet_lab.training.train import default_steps_per_execution
+
+    assert default_steps_per_execution(lab.build_model("baseline_cnn")) == 16
+    assert default_steps_per_execution(lab.build_model("mnist_resnet")) == 16
+    assert default_steps_per_execution(lab.build_model("cifar_resnet20", input_shape=(16, 16, 3))) == 1
+    assert default_steps_per_execution(lab.build_model("mnist_resnet", batch_norm=True)) == 1

@@ -190,7 +190,7 @@ def load_dataset(
 
 
 def _assemble(name, arrays, class_names, prep, batch_size, augment, seed, source):
-    augmenter = make_augmenter(augment, prep.image_size, seed)
+    augmenter = make_augmenter(augment)
     splits = {
         split: make_dataset(x, y, prep, batch_size,
                             shuffle_seed=seed if split == "train" else None,

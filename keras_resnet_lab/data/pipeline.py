@@ -6,6 +6,7 @@ with training (`num_parallel_calls` and `prefetch` set to AUTOTUNE).
 """
 
 import dataclasses
+import math
 
 import keras
 import numpy as np
@@ -42,18 +43,25 @@ def convert_channels(images, channels):
     raise ConfigError(f"Cannot convert images of {have} channels to {channels}; use 1 or 3.")
 
 
-def preprocess(images, prep, augmenter=None):
-    """uint8 (N, H, W, C) -> float32 model input, following `prep` (a `Preprocessing`)."""
+def to_model_size(images, prep):
+    """uint8 (N, H, W, C) -> float32 in [0, 1], converted, padded and resized as `prep` says."""
     x = convert_channels(tf.cast(images, tf.float32) / 255.0, prep.channels)
     if prep.pad:
         x = tf.pad(x, [[0, 0], [prep.pad, prep.pad], [prep.pad, prep.pad], [0, 0]])
     if tuple(x.shape[1:3]) != tuple(prep.image_size):
         x = tf.image.resize(x, prep.image_size)
-    if augmenter is not None:
-        x = augmenter(x, training=True)
-    if prep.mean is not None:
-        x = (x - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
     return x
+
+
+def standardize(x, prep):
+    if prep.mean is None:
+        return x
+    return (x - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
+
+
+def preprocess(images, prep):
+    """uint8 (N, H, W, C) -> the float32 model input (no augmentation): what export serves."""
+    return standardize(to_model_size(images, prep), prep)
 
 
 def channel_stats(x, channels):
@@ -82,31 +90,89 @@ def parse_augment(augment, channels):
     return names
 
 
-def make_augmenter(names, image_size, seed):
-    """Keras preprocessing layers for the named augmentations (seed 003's set), per image."""
+def _uniform(seed, shape, low, high):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def random_affine(x, seed, degrees=0.0, translate=0.0, scale=0.0, whole_pixels=False):
+    """One random rotation, shift and zoom per image, resampled once (bilinear, zero fill).
+
+    Keras' RandomRotation, RandomTranslation and RandomZoom resample once each: chained, they
+    blur small digits three times. This builds the combined output->input matrix instead and
+    applies it with `keras.ops.image.affine_transform`.
+    """
+    n = tf.shape(x)[0]
+    height, width = float(x.shape[1]), float(x.shape[2])
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    angle = _uniform(seeds[0], [n], -degrees, degrees) * (math.pi / 180.0)
+    zoom = _uniform(seeds[1], [n], 1.0 - scale, 1.0 + scale)
+    tx = _uniform(seeds[2], [n], -translate, translate) * width
+    ty = _uniform(seeds[3], [n], -translate, translate) * height
+    if whole_pixels:
+        tx, ty = tf.round(tx), tf.round(ty)
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    # input = R(-angle) / zoom @ (output - centre - shift) + centre
+    a0, a1, b0, b1 = cos, sin, -sin, cos
+    a2 = cx - a0 * (cx + tx) - a1 * (cy + ty)
+    b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
+    zeros = tf.zeros_like(a0)
+    transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    return keras.ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
+
+
+def _flip(x, seed):
+    flip = _uniform(seed, [tf.shape(x)[0], 1, 1, 1], 0.0, 1.0) < 0.5
+    return tf.where(flip, tf.reverse(x, axis=[2]), x)
+
+
+def _color(x, seed):
+    """Per-image brightness, contrast (and saturation for RGB) jitter of +-20% / +-40%."""
+    n = tf.shape(x)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    x = x + _uniform(seeds[0], [n, 1, 1, 1], -0.2, 0.2)
+    mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+    x = (x - mean) * _uniform(seeds[1], [n, 1, 1, 1], 0.8, 1.2) + mean
+    if x.shape[-1] == 3:
+        gray = tf.image.rgb_to_grayscale(x)
+        x = gray + (x - gray) * _uniform(seeds[2], [n, 1, 1, 1], 0.6, 1.4)
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _sharpness(x, seed):
+    """torchvision's RandomAdjustSharpness(2, p=0.5): blend with PIL's smoothing kernel."""
+    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
+    kernel = tf.tile(kernel[:, :, None, None], [1, 1, x.shape[-1], 1])
+    blurred = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+    factor = tf.where(_uniform(seed, [tf.shape(x)[0], 1, 1, 1], 0.0, 1.0) < 0.5, 2.0, 1.0)
+    return tf.clip_by_value(blurred + factor * (x - blurred), 0.0, 1.0)
+
+
+AUGMENT_FUNCTIONS = {
+    "crop": lambda x, s: random_affine(x, s, translate=0.125, whole_pixels=True),  # pad-and-crop by 1/8
+    "flip": _flip,
+    "affine": lambda x, s: random_affine(x, s, degrees=10.0, translate=0.1, scale=0.1),
+    "color": _color,
+    "sharpness": _sharpness,
+}
+
+
+def make_augmenter(names):
+    """A function (images in [0, 1], seed pair) -> augmented images, for the named augmentations.
+
+    Stateless: each batch brings its own seed, so parallel calls never share random state and
+    the same `seed` gives the same augmentations.
+    """
     if not names:
         return None
-    height, width = image_size
-    pipeline = []
-    for name in names:
-        if name == "crop":  # pad-and-crop by up to 1/8 of the side, per image (RandomCrop is per batch)
-            pipeline.append(keras.layers.RandomTranslation(0.125, 0.125, fill_mode="constant", seed=seed))
-        elif name == "flip":
-            pipeline.append(keras.layers.RandomFlip("horizontal", seed=seed))
-        elif name == "affine":
-            pipeline += [
-                keras.layers.RandomRotation(10 / 360, fill_mode="constant", seed=seed),
-                keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
-                keras.layers.RandomZoom(0.1, fill_mode="constant", seed=seed),
-            ]
-        elif name == "color":
-            pipeline += [
-                keras.layers.RandomBrightness(0.2, value_range=(0, 1), seed=seed),
-                keras.layers.RandomContrast(0.2, value_range=(0, 1), seed=seed),
-            ]
-        elif name == "sharpness":
-            pipeline.append(keras.layers.RandomSharpness(0.5, value_range=(0, 1), seed=seed))
-    return keras.layers.Pipeline(pipeline, name="augment")
+
+    def augment(x, seed):
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), len(names))
+        for index, name in enumerate(names):
+            x = AUGMENT_FUNCTIONS[name](x, seeds[index])
+        return x
+
+    return augment
 
 
 def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
@@ -117,10 +183,19 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
         indices = indices.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load_batch(index):
-        return preprocess(tf.gather(images, index), prep, augmenter), tf.gather(labels, index)
+        return to_model_size(tf.gather(images, index), prep), tf.gather(labels, index)
 
-    return (
-        indices.batch(batch_size)
-        .map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    def load_augmented_batch(index, seed):
+        x, y = load_batch(index)
+        return augmenter(x, seed), y
+
+    batches = indices.batch(batch_size)
+    if augmenter is None:
+        batches = batches.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        # A fresh, seed-determined pair of stateless seeds per batch (and per epoch).
+        seeds = tf.data.Dataset.random(seed=shuffle_seed or 0, rerandomize_each_iteration=True).batch(2)
+        batches = tf.data.Dataset.zip(batches, seeds).map(load_augmented_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    if prep.mean is not None:
+        batches = batches.map(lambda x, y: (standardize(x, prep), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)

@@ -52,3 +52,16 @@ def parameter_counts(model):
     trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
     frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
     return {"trainable": trainable, "non_trainable": frozen, "total": trainable + frozen}
+
+
+def print_parameter_summary(model, file=None):
+    """Prints trainable and frozen parameter counts, and which units are frozen; returns the counts."""
+    counts = parameter_counts(model)
+    frozen_units = [u for u in trainable_units(model)
+                    if not any(l.trainable for l in model.layers if l.weights and _unit_of(l.name) == u)]
+    print(f"{model.name}: {counts['trainable']:,} trainable, {counts['non_trainable']:,} frozen or "
+          f"non-trainable (batch-norm statistics included), {counts['total']:,} in all", file=file)
+    if frozen_units:
+        shown = ", ".join(frozen_units[:6]) + (", ..." if len(frozen_units) > 6 else "")
+        print(f"  frozen units ({len(frozen_units)}): {shown}", file=file)
+    return counts

@@ -52,6 +52,7 @@ class TrainConfig:
     step_epochs: int = 30
     step_gamma: float = 0.1
     phases: list = dataclasses.field(default_factory=list)
+    ema_momentum: Optional[float] = None
     clipnorm: Optional[float] = None
     clipvalue: Optional[float] = None
     label_smoothing: float = 0.0
@@ -61,7 +62,7 @@ class TrainConfig:
     trainable_last: Optional[int] = None
     seed: int = 0
     mixed_precision: bool = False
-    steps_per_execution: int = 16
+    steps_per_execution: Optional[int] = None  # None: chosen per model, see train.default_steps_per_execution
     jit_compile: bool = False
     run_dir: Optional[str] = None
     overwrite: bool = False
@@ -117,11 +118,14 @@ class TrainConfig:
         _choice("monitor", self.monitor, MONITORS)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
-        _positive_int("steps_per_execution", self.steps_per_execution)
+        if self.steps_per_execution is not None:
+            _positive_int("steps_per_execution", self.steps_per_execution)
         _positive_float("learning_rate", self.learning_rate)
         for name in ("weight_decay", "warmup_epochs", "label_smoothing", "validation_split"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a number >= 0; received {getattr(self, name)!r}.")
+        if self.ema_momentum is not None and not 0 < self.ema_momentum < 1:
+            raise ConfigError(f"ema_momentum must be in (0, 1), e.g. 0.999; received {self.ema_momentum!r}.")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1); received {self.momentum!r}.")
         if self.label_smoothing >= 1 or self.validation_split >= 1:

@@ -174,6 +174,8 @@ def make_optimizer(config, learning_rate):
     """The Keras optimizer `config` names; weight decay skips biases and batch-norm parameters."""
     common = dict(learning_rate=learning_rate, clipnorm=config.clipnorm, clipvalue=config.clipvalue,
                   weight_decay=config.weight_decay or None)
+    if config.ema_momentum:
+        common.update(use_ema=True, ema_momentum=config.ema_momentum)
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **common)
     elif config.optimizer == "adam":
@@ -192,6 +194,16 @@ def _steps_per_epoch(bundle):
     return lambda batch_size: math.ceil(bundle.num_examples["train"] / batch_size)
 
 
+def default_steps_per_execution(model):
+    """Steps per `fit` call, measured on 2 CPU cores (see README, Performance).
+
+    16 steps per call speed the small batch-norm-free nets up (mnist_resnet 3,200 -> 5,200
+    images/s) but halve the batch-norm ResNets (cifar_resnet20 352 -> 195, resnet18 59 -> 28).
+    """
+    has_batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+    return 1 if has_batch_norm else 16
+
+
 def compile_model(model, config, spans, bundle):
     """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics)."""
     if config.schedule == "plateau":
@@ -204,7 +216,8 @@ def compile_model(model, config, spans, bundle):
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
         optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
-        steps_per_execution=config.steps_per_execution, jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution or default_steps_per_execution(model),
+        jit_compile=config.jit_compile,
     )
 
 
@@ -242,7 +255,9 @@ def _splits_for(bundle, batch_size, config):
 def _fit_phases(model, bundle, config, spans, state, run_dir, extra_callbacks):
     monitor = config.monitor if bundle.validation is not None else config.monitor.removeprefix("val_")
     keeper = RunKeeper(run_dir, state, monitor=monitor, patience=config.early_stopping_patience)
-    callbacks = [keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
+    # With EMA, validation and checkpoints see the averaged weights (Keras swaps them in).
+    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
+    callbacks = [*swap, keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
                  *extra_callbacks]
     if config.schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=config.step_gamma, patience=3))
