@@ -58,7 +58,7 @@ def training_rate(bundle, model_name, model_options, steps, windows):
     data = bundle.train.repeat()
 
     def window(n):
-        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0)
+        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0, shuffle=False)
 
     return images_per_second(window, bundle.batch_size, steps, windows)
 

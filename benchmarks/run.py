@@ -72,7 +72,7 @@ def keras_throughput(model_name, batch, shape, quick):
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
 
-    model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()])
+    model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
     rate = statistics.median(steps * batch / t for t in times[1:])  # the first epoch is the warm-up
     return {"images_per_second": rate, "peak_rss_mb": peak_rss_mb(),
             "parameters": lab.parameter_counts(model)["trainable"]}

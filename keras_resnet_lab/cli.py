@@ -131,12 +131,13 @@ def cmd_demo(args):
     from .training.compare import configs_for
     from .training.recipes import DEMO_RECIPES
 
+    export_best, args.export = args.export, False  # only the winner is exported
     result = _run_compare(configs_for(recipes=DEMO_RECIPES), args.run_dir or "runs/demo", args)
     best = max(result.results, key=lambda r: r.metrics["accuracy"])
     target = result.run_dir / "best_model.keras"
     shutil.copyfile(best.run_dir / "model.keras", target)
     print(f"Best: {best.config.model} ({best.metrics['accuracy']:.4f} test accuracy), saved as {target}")
-    if args.export:
+    if export_best:
         from .export import export
 
         print(f"Exported a SavedModel to {export(best.run_dir)}")

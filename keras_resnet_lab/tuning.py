@@ -210,8 +210,10 @@ def _make_tuner(config, hypermodel):
     common = dict(objective=objective, executions_per_trial=config.executions_per_trial, directory=config.directory,
                   project_name=config.project_name, overwrite=config.overwrite, seed=config.seed)
     if config.tuner == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=config.max_epochs, factor=config.factor, **common)
-        tuner.oracle.max_trials = config.max_trials  # Hyperband alone has no cap: keep the total promised
+        # Brackets repeat until max_trials (Hyperband alone has no cap, and one bracket may be smaller).
+        tuner = kt.Hyperband(hypermodel, max_epochs=config.max_epochs, factor=config.factor,
+                             hyperband_iterations=None, **common)
+        tuner.oracle.max_trials = config.max_trials
         return tuner
     cls = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "grid": kt.GridSearch}[config.tuner]
     return cls(hypermodel, max_trials=config.max_trials, **common)

@@ -151,3 +151,11 @@ def test_a_localhost_search_with_a_chief_and_two_workers(tmp_path):
     ran_by = {json.loads((tmp_path / "tuning" / "search" / f"worker{i}.json").read_text()) is not None for i in range(2)}
     assert ran_by == {True}
     assert chief_output.count("COMPLETED") == 3
+
+
+def test_hyperband_runs_exactly_max_trials(tmp_path):
+    path = write_search(tmp_path, trials=3)
+    config = TuneConfig.from_file(path)
+    config.tuner, config.max_epochs = "hyperband", 2  # one bracket alone would hold only 2 trials
+    result = tune(config=config)
+    assert len(result.leaderboard) == 3 and all(r["status"] == "COMPLETED" for r in result.leaderboard)

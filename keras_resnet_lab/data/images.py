@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -91,7 +92,7 @@ def _decode_all(paths, image_size, mode, on_bad_file):
         from keras.utils import Progbar
 
         print(f"Decoding {len(paths):,} images under {Path(paths[0]).parent.parent} (once; then cached)")
-        progress = Progbar(len(paths), unit_name="image")
+        progress = Progbar(len(paths), unit_name="image", verbose=1 if sys.stdout.isatty() else 2)
     results = []
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for result in pool.map(safe_decode, paths):

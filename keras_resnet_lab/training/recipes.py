@@ -16,8 +16,8 @@ class Recipe:
     seed: str
     description: str
     reported: str
-    settings: dict
-    measured: str = "not yet measured on these machines"
+    settings: dict = None
+    measured: str = "not yet measured on these machines (CPU-only here)"
 
     def config(self, **overrides):
         return TrainConfig.from_dict({**self.settings, "recipe": self.name, **overrides})
@@ -31,7 +31,8 @@ RECIPES = {r.name: r for r in [
         "Seed 000's 21,840-parameter CNN, trained well: one-cycle Adam and small affine "
         "augmentation instead of 120 epochs at fixed learning rates.",
         "99.19% test after 120 epochs (60 at lr 0.002 batch 32, 60 at lr 0.0005 batch 64)",
-        dict(model="baseline_cnn", dataset="mnist", epochs=15, learning_rate=3e-3, optimizer="adam",
+        measured="99.42% test after 15 epochs, 97 s on 2 CPU cores (seeds 1 and 2: 99.30%, 99.40%)",
+        settings=dict(model="baseline_cnn", dataset="mnist", epochs=15, learning_rate=3e-3, optimizer="adam",
              schedule="onecycle", batch_size=64, validation_split=0.1,
              model_options=dict(conv_dropout=0.1, dense_dropout=0.1),
              dataset_options=dict(augment="affine", standardize=True)),
