@@ -57,11 +57,13 @@ RECIPES = {r.name: r for r in [
     ),
     Recipe(
         "seed001-digits-resnet18", "001",
-        "ResNet-18 with the small stem (3x3, no pool) for 1-channel 8x8 digits and a 10-class head.",
+        "ResNet-18 with the small stem (3x3, no pool) for 1-channel 8x8 digits and a 10-class head, "
+        "with affine augmentation (without it, runs spread from 96.4% to 98.3%).",
         "97.45% test after 10 epochs of SGD, batch 128",
-        dict(model="resnet18", model_options=dict(stem="small"), dataset="digits", epochs=15,
+        measured="98.06% and 98.33% test (seeds 0 and 1) after 15 epochs, 74 s on 2 CPU cores",
+        settings=dict(model="resnet18", model_options=dict(stem="small"), dataset="digits", epochs=15,
              optimizer="sgd", learning_rate=0.05, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-             batch_size=64, validation_split=0.1),
+             batch_size=64, validation_split=0.1, dataset_options=dict(augment="affine")),
     ),
     Recipe(
         "seed001-cats-dogs-resnet18", "001",
@@ -131,8 +133,8 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "digits-baseline-cnn", "main job",
         "The baseline CNN on the 8x8 digits, upsampled to the 28x28 it was designed for.",
-        "-",
-        dict(model="baseline_cnn", dataset="digits", epochs=30, learning_rate=3e-3, batch_size=32,
+        "-", measured="97.50% test after 30 epochs, 8 s",
+        settings=dict(model="baseline_cnn", dataset="digits", epochs=30, learning_rate=3e-3, batch_size=32,
              model_options=dict(conv_dropout=0.1, dense_dropout=0.25),
              dataset_options=dict(image_size=[28, 28]), optimizer="adam", schedule="onecycle",
              validation_split=0.1),
@@ -140,8 +142,8 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "digits-mnist-resnet", "main job",
         "Seed 004's residual MNIST network on the native 8x8 digits.",
-        "-",
-        dict(model="mnist_resnet", dataset="digits", epochs=30, learning_rate=3e-3, batch_size=32,
+        "-", measured="95.56% test after 30 epochs, 14 s",
+        settings=dict(model="mnist_resnet", dataset="digits", epochs=30, learning_rate=3e-3, batch_size=32,
              optimizer="adam", schedule="onecycle", validation_split=0.1),
     ),
 ]}
