@@ -54,7 +54,7 @@ def training_rate(bundle, model_name, model_options, steps, windows):
     keras.backend.clear_session()
     model = lab.build_model(model_name, input_shape=bundle.input_shape, num_classes=bundle.num_classes, **model_options)
     config = lab.TrainConfig(model=model_name, batch_size=bundle.batch_size)
-    compile_model(model, config, config.resolved_phases(), bundle)
+    compile_model(model, config, config.resolved_phases(), bundle.num_examples["train"])
     data = bundle.train.repeat()
 
     def window(n):

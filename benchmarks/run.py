@@ -60,8 +60,7 @@ def keras_throughput(model_name, batch, shape, quick):
     options = {"stem": "small"} if model_name == "resnet18" else {}
     model = lab.build_model(model_name, input_shape=shape, num_classes=10, **options)
     config = lab.TrainConfig(model=model_name, batch_size=batch, optimizer="adam", learning_rate=1e-3)
-    bundle = type("Bundle", (), {"num_examples": {"train": 4096}})()
-    compile_model(model, config, config.resolved_phases(), bundle)
+    compile_model(model, config, config.resolved_phases(), len(x))
     steps, windows = window_steps(model_name, quick)
     times = []
 

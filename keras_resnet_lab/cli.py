@@ -178,11 +178,11 @@ def cmd_predict(args):
 def cmd_visualize(args):
     from pathlib import Path
 
-    from .export import _read_image, load_run, prepare_images
+    from .export import load_run, prepare_images, read_image
     from .plots import plot_activations
 
     model, prep, _, name = load_run(args.run_dir)
-    image = prepare_images(_read_image(args.image)[None], prep)[0].numpy()
+    image = prepare_images(read_image(args.image)[None], prep)[0].numpy()
     out = Path(args.out or Path(args.run_dir) / "plots" / f"activations_{Path(args.image).stem}")
     for path in plot_activations(model, image, layers=args.layers, path=out, per=args.per):
         print(path)

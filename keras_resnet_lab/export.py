@@ -224,7 +224,8 @@ def _collect(inputs):
     return paths
 
 
-def _read_image(path):
+def read_image(path):
+    """An image file as a uint8 (H, W, 1 or 3) array: grayscale files stay single-channel."""
     from PIL import Image
 
     from .data.images import decode_image
@@ -243,7 +244,7 @@ def predict_files(exported, inputs, top_k=3):
     rows, problems = [], []
     for path in _collect(inputs):
         try:
-            image = _read_image(path)
+            image = read_image(path)
         except Exception as error:  # unreadable, missing or not an image: named, then skipped
             problems.append(f"{path}: {error}")
             continue

@@ -7,7 +7,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 
-def _save(figure, path):
+def save_figure(figure, path):
+    """Saves a matplotlib `Figure` as PNG through the Agg canvas, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
@@ -39,7 +40,7 @@ def plot_curves(histories, path, title=None):
         axis.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix, class_names, path, title="Confusion matrix (test)"):
@@ -59,7 +60,7 @@ def plot_confusion_matrix(matrix, class_names, path, title="Confusion matrix (te
         for (i, j), value in np.ndenumerate(matrix):
             axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
                       color="white" if value > threshold else "black")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _image_for_display(image):
@@ -88,7 +89,7 @@ def plot_samples(images, labels, class_names, path, predictions=None, confidence
         axis.set_title(text, fontsize=8)
     if title:
         figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_mistakes(y_true, y_pred, probabilities, images, class_names, path, count=16):
@@ -98,7 +99,7 @@ def plot_mistakes(y_true, y_pred, probabilities, images, class_names, path, coun
     if not len(order):
         figure = Figure(figsize=(4, 1))
         figure.text(0.5, 0.5, "No test errors", ha="center", va="center")
-        return _save(figure, path)
+        return save_figure(figure, path)
     return plot_samples(images[order], y_true[order], class_names, path, predictions=y_pred[order],
                         confidences=probabilities[order, y_pred[order]], title="Worst test errors")
 
@@ -159,5 +160,5 @@ def plot_activations(model, image, layers=None, path=None, max_maps=16, per="sta
             axis.imshow(maps[..., index], cmap="viridis")
             axis.set_title(f"#{index}", fontsize=7)
         figure.suptitle(f"{name}: {maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]} (first {count} maps)")
-        paths.append(_save(figure, Path(path or ".") / f"activations_{name}.png"))
+        paths.append(save_figure(figure, Path(path or ".") / f"activations_{name}.png"))
     return paths

@@ -115,7 +115,7 @@ class LabHyperModel(kt.HyperModel):
         config = self.config_for(hp)
         model = build_model(config.model, input_shape=self.bundle.input_shape, num_classes=self.bundle.num_classes,
                             **config.model_options)
-        compile_model(model, config, config.resolved_phases(), self.bundle)
+        compile_model(model, config, config.resolved_phases(), self.bundle.num_examples["train"])
         return model
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, **kwargs):
@@ -327,7 +327,7 @@ def _write_leaderboard(rows, project_dir, objective):
 
 
 def _plot_objective(rows, project_dir, objective):
-    from .plots import _save
+    from .plots import save_figure
     from matplotlib.figure import Figure
 
     done = [r for r in rows if r["score"] is not None]
@@ -355,7 +355,7 @@ def _plot_objective(rows, project_dir, objective):
         axis.set_xlabel(label)
         axis.set_ylabel(objective)
         axis.grid(alpha=0.3)
-        _save(figure, project_dir / f"objective_vs_{key}.png")
+        save_figure(figure, project_dir / f"objective_vs_{key}.png")
 
 
 def _all_timings(project_dir):

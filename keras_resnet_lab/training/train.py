@@ -91,7 +91,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
         if config.trainable_last is not None:
             freeze(model, config.trainable_last)
         spans = config.resolved_phases()
-        compile_model(model, config, spans, bundle)
+        compile_model(model, config, spans, bundle.num_examples["train"])
         if state.checkpoint:
             _restore(model, run_dir / state.checkpoint)
             _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
@@ -190,8 +190,8 @@ def make_optimizer(config, learning_rate):
     return optimizer
 
 
-def _steps_per_epoch(bundle):
-    return lambda batch_size: math.ceil(bundle.num_examples["train"] / batch_size)
+def _steps_per_epoch(num_train_examples):
+    return lambda batch_size: math.ceil(num_train_examples / batch_size)
 
 
 def default_steps_per_execution(model):
@@ -204,12 +204,15 @@ def default_steps_per_execution(model):
     return 1 if has_batch_norm else 16
 
 
-def compile_model(model, config, spans, bundle):
-    """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics)."""
+def compile_model(model, config, spans, num_train_examples):
+    """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics).
+
+    `num_train_examples` sets the schedule's steps per epoch.
+    """
     if config.schedule == "plateau":
         learning_rate = spans[0][2]
     else:
-        learning_rate = build_schedule(config, spans, _steps_per_epoch(bundle))
+        learning_rate = build_schedule(config, spans, _steps_per_epoch(num_train_examples))
     if config.label_smoothing:
         loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
     else:
