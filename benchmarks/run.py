@@ -256,7 +256,8 @@ def main(argv=None):
     tta = {}
     if args.data_dir:
         tta["ours"] = _measure(["tta", "keras", args.data_dir, *quick], timeout=3000)
-        tta["torch"] = _measure(["tta", "torch", args.data_dir, *quick], timeout=3000) if torch_ok else {}
+        if torch_ok:
+            tta["torch"] = _measure(["tta", "torch", args.data_dir, *quick], timeout=3000)
         print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe):")
         for side, result in tta.items():
             print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  "
