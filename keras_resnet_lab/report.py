@@ -25,7 +25,7 @@ def _fmt(template, value):
     return "-" if value is None else template.format(value)
 
 
-def _html(title, markdown_blocks, images, folder):
+def _html(title, markdown_blocks, folder):
     """A self-contained page: tables as HTML, images inline as base64 PNG."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -59,7 +59,7 @@ def _write(folder, title, blocks):
         elif kind == "image":
             markdown.append(f"![{content}]({content})")
     write_atomic(folder / "report.md", "\n\n".join(markdown) + "\n")
-    write_atomic(folder / "report.html", _html(title, blocks, [], folder))
+    write_atomic(folder / "report.html", _html(title, blocks, folder))
     return folder / "report.md", folder / "report.html"
 
 

@@ -275,9 +275,7 @@ def _raise_if_all_failed(tuner, project_dir):
 def _resolve(model, dataset, config, search_space, data_dir, settings):
     tune_fields = {f.name for f in dataclasses.fields(TuneConfig)} - {"train", "search_space"}
     tune_settings = {k: settings.pop(k) for k in list(settings) if k in tune_fields}
-    if config is None:
-        base = TrainConfig(**({"model": model} if model else {}), **({"dataset": dataset} if dataset else {}))
-        config = TuneConfig(train=base)
+    config = config or TuneConfig(train=TrainConfig())
     train_changes = {**settings, **({"data_dir": str(data_dir)} if data_dir else {})}
     if model:
         train_changes["model"] = model

@@ -5,7 +5,6 @@ import pickle
 import tarfile
 import time
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -77,7 +77,7 @@ def _carve_validation(x, y, fraction, seed):
     return (x_train, y_train), (x_val, y_val)
 
 
-def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, seed):
+def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download):
     folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file)
     if name in ("mnist", "fashion_mnist"):
         return load_mnist_style(name, data_dir, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES, download)
@@ -170,7 +170,7 @@ def load_dataset(
     image_size = tuple(image_size) if image_size is not None else None
     _check_settings(name, batch_size, channels, pad, on_bad_file, image_size)
     decode_size = image_size if name == "image_folder" or not pad else None
-    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, seed)
+    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download)
     x_train, y_train = raw.x_train, raw.y_train
     if train_subset_per_class:
         x_train, y_train = _subset_per_class(x_train, y_train, train_subset_per_class, seed)

@@ -1,5 +1,6 @@
 """The model zoo. Every network is a functional `keras.Model` built by name from one registry."""
 
+from .flops import flops_per_image
 from .freeze import freeze, parameter_counts, print_parameter_summary
 from .mnist import baseline_cnn, lenet_resnet
 from .registry import build_model, get_spec, list_models, register
@@ -38,8 +39,4 @@ for _depth, (_block, _sizes) in IMAGENET_STAGES.items():
         depth=_depth, description=f"torchvision's ResNet-{_depth} ({_block} blocks {_sizes}); stem imagenet|small",
     )
 
-__all__ = ["build_model", "freeze", "get_spec", "list_models", "parameter_counts", "print_parameter_summary", "register"]
-
-from .flops import flops_per_image  # noqa: E402
-
-__all__.append("flops_per_image")
+__all__ = ["build_model", "flops_per_image", "freeze", "get_spec", "list_models", "parameter_counts", "print_parameter_summary", "register"]

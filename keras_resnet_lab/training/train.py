@@ -107,7 +107,9 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
 def _resolve_config(model, dataset, config, settings):
     if isinstance(model, TrainConfig):
         config, model = model, None
-    config = (config or TrainConfig()).replace(**settings) if settings else (config or TrainConfig())
+    config = config or TrainConfig()
+    if settings:
+        config = config.replace(**settings)
     if isinstance(model, str):
         config = config.replace(model=model)
     elif isinstance(model, keras.Model):
