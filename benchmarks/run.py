@@ -1,14 +1,18 @@
 """Training throughput and time-to-accuracy, ours against plain PyTorch, in one run.
 
-    python -m benchmarks.run [--data-dir DIR] [--quick] [--out benchmarks/results]
+    python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 2] [--quick] [--gpu] [--out DIR]
 
 Every measurement runs in a fresh subprocess (so each has its own peak memory and thread
-pools). Throughput is the median images/s of several timed windows after a warm-up, through
-`train`'s own code path (our tf.data pipeline, `compile_model`, `model.fit`) against a plain
-PyTorch loop over in-memory tensors with the same network, batch size and optimizer (Adam).
-Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach 99.0% test
-accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64, affine
-augmentation). PyTorch is optional (`pip install -e ".[bench]"`); without it our rows print alone.
+pools), and each case alternates ours and PyTorch `--repeats` times: this machine's speed drifts
+by up to 30% over minutes, and interleaving keeps the drift out of the ratio. Throughput is the
+median images/s of several timed windows after a warm-up, through `train`'s own code path (our
+tf.data pipeline, `compile_model`, `model.fit`) against a plain PyTorch loop over in-memory
+tensors with the same network, batch size and optimizer (Adam); each side's figure is the median
+of its repeats. Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach
+99.0% test accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64,
+affine augmentation), alternated `--tta-repeats` times. With a GPU visible to TensorFlow (or `--gpu`), ResNet-50 at 224x224 with
+mixed precision (float16) and cifar_resnet20 are measured on it as well. PyTorch is optional
+(`pip install -e ".[bench]"`); without it our rows print alone.
 """
 
 import argparse
@@ -19,14 +23,37 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-CASES = [  # (model, batch size, input shape HWC)
-    ("baseline_cnn", 64, (28, 28, 1)),
-    ("baseline_cnn", 128, (28, 28, 1)),
-    ("mnist_resnet", 128, (28, 28, 1)),
-    ("cifar_resnet20", 128, (32, 32, 3)),
-    ("resnet18", 128, (32, 32, 3)),
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    batch: int
+    shape: tuple  # HWC
+    num_classes: int = 10
+    device: str = "cpu"
+    mixed_precision: bool = False
+
+    @property
+    def label(self):
+        extra = " small stem" if self.model == "resnet18" else ""
+        precision = (" mixed fp16" if self.device == "gpu" else " mixed bf16") if self.mixed_precision else ""
+        size = "x".join(map(str, self.shape[:2]))
+        return f"{self.model}{extra} {size} b{self.batch}{precision} {self.device}"
+
+
+CPU_CASES = [
+    Case("baseline_cnn", 64, (28, 28, 1)),
+    Case("baseline_cnn", 128, (28, 28, 1)),
+    Case("mnist_resnet", 128, (28, 28, 1)),
+    Case("cifar_resnet20", 128, (32, 32, 3)),
+    Case("resnet18", 128, (32, 32, 3)),
+]
+GPU_CASES = [
+    Case("resnet50", 128, (224, 224, 3), num_classes=1000, device="gpu", mixed_precision=True),
+    Case("cifar_resnet20", 128, (32, 32, 3), device="gpu"),
 ]
 TARGET_ACCURACY = 0.99
 
@@ -35,33 +62,48 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def window_steps(model, quick):
+def window_steps(case, quick):
+    """(steps per timed window, windows): about 2 to 5 seconds a window on 2 CPU cores."""
     if quick:
         return 2, 1
-    return (8, 3) if model in ("resnet18", "cifar_resnet20") else (64, 3)
+    if case.device == "gpu":
+        return 50, 3
+    return (8, 3) if case.model in ("resnet18", "cifar_resnet20") else (64, 3)
+
+
+def sample_count(case):
+    return 4096 if case.shape[0] <= 64 else 4 * case.batch
 
 
 # ------------------------------------------------------------------ our side
 
-def keras_throughput(model_name, batch, shape, quick):
+def keras_throughput(case, quick):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
+    import tensorflow as tf
 
     import keras_resnet_lab as lab
     from keras_resnet_lab.data.pipeline import Preprocessing, make_dataset
-    from keras_resnet_lab.training.train import compile_model
+    from keras_resnet_lab.training.train import _dtype_policy, compile_model
 
+    if case.device == "cpu":
+        tf.config.set_visible_devices([], "GPU")
+    elif not tf.config.list_physical_devices("GPU"):
+        return {"error": "no GPU visible to TensorFlow"}
     rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (4096, *shape), dtype=np.uint8)
-    y = rng.integers(0, 10, 4096)
-    prep = Preprocessing(shape[-1], shape[:2], source_size=shape[:2])
-    data = make_dataset(x, y, prep, batch, shuffle_seed=0).repeat()
-    options = {"stem": "small"} if model_name == "resnet18" else {}
-    model = lab.build_model(model_name, input_shape=shape, num_classes=10, **options)
-    config = lab.TrainConfig(model=model_name, batch_size=batch, optimizer="adam", learning_rate=1e-3)
-    compile_model(model, config, config.resolved_phases(), len(x))
-    steps, windows = window_steps(model_name, quick)
+    count = sample_count(case)
+    x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)
+    y = rng.integers(0, case.num_classes, count)
+    prep = Preprocessing(case.shape[-1], case.shape[:2], source_size=case.shape[:2])
+    data = make_dataset(x, y, prep, case.batch, shuffle_seed=0).repeat()
+    options = {"stem": "small"} if case.model == "resnet18" else {}
+    config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
+                             mixed_precision=case.mixed_precision)
+    with _dtype_policy(config.mixed_precision):  # exactly as `train` sets it
+        model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
+        compile_model(model, config, config.resolved_phases(), count)
+    steps, windows = window_steps(case, quick)
     times = []
 
     class Clock(keras.callbacks.Callback):
@@ -72,7 +114,7 @@ def keras_throughput(model_name, batch, shape, quick):
             times.append(time.perf_counter() - self.start)
 
     model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
-    rate = statistics.median(steps * batch / t for t in times[1:])  # the first epoch is the warm-up
+    rate = statistics.median(steps * case.batch / t for t in times[1:])  # the first epoch is the warm-up
     return {"images_per_second": rate, "peak_rss_mb": peak_rss_mb(),
             "parameters": lab.parameter_counts(model)["trainable"]}
 
@@ -111,34 +153,47 @@ def _tta(curve, seconds):
 
 # ------------------------------------------------------------------ the PyTorch reference
 
-def torch_throughput(model_name, batch, shape, quick):
+def torch_throughput(case, quick):
     import torch
 
     from benchmarks.torch_models import build, parameter_count
 
+    if case.device == "gpu" and not torch.cuda.is_available():
+        return {"error": "no CUDA device visible to PyTorch"}
+    device = torch.device("cuda" if case.device == "gpu" else "cpu")
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    model, chw = build(model_name)
-    x = torch.rand(4096, *chw)
-    y = torch.randint(0, 10, (4096,))
+    model, chw = build(case.model, case.num_classes)
+    model = model.to(device)
+    count = sample_count(case)
+    x = torch.rand(count, *chw, device=device)
+    y = torch.randint(0, case.num_classes, (count,), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    # Our rule (`train`'s mixed precision): float16 with loss scaling on GPUs, bfloat16 on CPUs.
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=case.mixed_precision and device.type == "cuda")
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    steps, windows = window_steps(model_name, quick)
+    steps, windows = window_steps(case, quick)
 
     def run(n):
         for _ in range(n):
-            index = torch.randint(0, 4096, (batch,))
+            index = torch.randint(0, count, (case.batch,), device=device)
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(x[index]), y[index]).backward()
-            optimizer.step()
+            with torch.autocast(device.type, half, enabled=case.mixed_precision):
+                loss = loss_fn(model(x[index]), y[index])
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     run(steps)
     rates = []
     for _ in range(windows):
         start = time.perf_counter()
         run(steps)
-        rates.append(steps * batch / (time.perf_counter() - start))
+        rates.append(steps * case.batch / (time.perf_counter() - start))
     return {"images_per_second": statistics.median(rates), "peak_rss_mb": peak_rss_mb(),
             "parameters": parameter_count(model)}
 
@@ -189,26 +244,80 @@ def torch_time_to_accuracy(data_dir, quick):
 # ------------------------------------------------------------------ orchestration
 
 def _worker(argv):
-    kind, framework, *rest = argv
-    quick = "--quick" in rest
-    rest = [r for r in rest if r != "--quick"]
+    kind, framework, payload = argv[:3]
+    quick = "--quick" in argv
     if kind == "throughput":
-        model, batch, shape = rest[0], int(rest[1]), tuple(int(v) for v in rest[2].split("x"))
+        fields = json.loads(payload)
+        case = Case(**{**fields, "shape": tuple(fields["shape"])})
         fn = keras_throughput if framework == "keras" else torch_throughput
-        result = fn(model, batch, shape, quick)
+        result = fn(case, quick)
     else:
         fn = keras_time_to_accuracy if framework == "keras" else torch_time_to_accuracy
-        result = fn(rest[0], quick)
+        result = fn(payload, quick)
     print("RESULT " + json.dumps(result))
 
 
 def _measure(args, timeout=1200):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    try:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", *args], capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {timeout} s"}
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+def _median_of(samples):
+    """One side's figure: the median of its repeats, with every sample kept."""
+    rates = [s["images_per_second"] for s in samples if "images_per_second" in s]
+    if not rates:
+        return next((s for s in samples if "error" in s), {})
+    return {"images_per_second": statistics.median(rates), "samples": rates,
+            "peak_rss_mb": max(s["peak_rss_mb"] for s in samples if "peak_rss_mb" in s),
+            "parameters": samples[0].get("parameters")}
+
+
+def measure_case(case, repeats, quick, torch_ok):
+    """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
+    payload = json.dumps(asdict(case))
+    ours, theirs = [], []
+    for _ in range(repeats):
+        ours.append(_measure(["throughput", "keras", payload, *quick]))
+        if torch_ok:
+            theirs.append(_measure(["throughput", "torch", payload, *quick]))
+    ours, theirs = _median_of(ours), _median_of(theirs)
+    ratio = (ours["images_per_second"] / theirs["images_per_second"]
+             if ours.get("images_per_second") and theirs.get("images_per_second") else None)
+    return {"case": case.label, "ours": ours, "torch": theirs, "ratio": ratio}
+
+
+def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
+    """Alternates ours and PyTorch `repeats` times; each side keeps the median seconds to target."""
+    runs = {"ours": [], "torch": []}
+    for _ in range(repeats):
+        runs["ours"].append(_measure(["tta", "keras", data_dir, *quick], timeout=3000))
+        if torch_ok:
+            runs["torch"].append(_measure(["tta", "torch", data_dir, *quick], timeout=3000))
+    summary = {}
+    for side, results in runs.items():
+        done = [r for r in results if "seconds_to_target" in r]
+        if not done:
+            summary[side] = results[0] if results else {}
+            continue
+        reached = [r["seconds_to_target"] for r in done]
+        middle = sorted(done, key=lambda r: r["seconds_to_target"] or float("inf"))[len(done) // 2]
+        median = statistics.median(reached) if None not in reached else None
+        summary[side] = {**middle, "seconds_to_target": median, "samples": reached}
+    return summary
+
+
+def _gpu_visible():
+    probe = "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"
+    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return done.stdout.strip().splitlines()[-1:] not in ([], ["0"])
 
 
 def _torch_available():
@@ -223,6 +332,16 @@ def _fmt(value, pattern="{:,.0f}"):
     return "-" if value is None else pattern.format(value)
 
 
+def _print_row(row):
+    ours, theirs = row["ours"], row["torch"]
+    print(f"{row['case']:<40} {_fmt(ours.get('images_per_second')):>11} {_fmt(theirs.get('images_per_second')):>12} "
+          f"{_fmt(row['ratio'], '{:.2f}'):>6} {_fmt(ours.get('peak_rss_mb')):>8} {_fmt(theirs.get('peak_rss_mb')):>9} "
+          f"{_fmt(ours.get('parameters')):>11}", flush=True)
+    for side in (ours, theirs):
+        if "error" in side:
+            print(f"    error: {side['error']}")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--worker":
@@ -230,50 +349,50 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_RESNET_LAB_DATA"))
     parser.add_argument("--quick", action="store_true", help="a few steps each: checks that it runs, not the speed")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side (default 3)")
+    parser.add_argument("--tta-repeats", type=int, default=2, help="alternating time-to-accuracy runs per side")
+    parser.add_argument("--gpu", action="store_true", help="add the GPU cases even if no GPU is detected")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
+    for flag, value in (("--repeats", args.repeats), ("--tta-repeats", args.tta_repeats)):
+        if value < 1:
+            parser.error(f"{flag} must be at least 1; received {value}.")
     quick = ["--quick"] if args.quick else []
+    repeats = 1 if args.quick else args.repeats
     torch_ok = _torch_available()
     if not torch_ok:
         print("PyTorch is not installed (pip install -e '.[bench]'): only our rows print.")
+    cases = CPU_CASES[:1] if args.quick else list(CPU_CASES)  # quick: does it run, not how fast
+    if args.gpu or _gpu_visible():
+        cases += GPU_CASES
+    elif not args.quick:
+        print("No GPU visible to TensorFlow: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
     rows = []
-    header = f"{'case':<26} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9} {'params':>11}"
-    print(header)
-    for model, batch, shape in CASES[:1] if args.quick else CASES:  # quick: does it run, not how fast
-        case = [model, str(batch), "x".join(map(str, shape)), *quick]
-        ours = _measure(["throughput", "keras", *case])
-        theirs = _measure(["throughput", "torch", *case]) if torch_ok else {}
-        ratio = (ours.get("images_per_second") / theirs["images_per_second"]
-                 if ours.get("images_per_second") and theirs.get("images_per_second") else None)
-        row = {"case": f"{model} b{batch}", "ours": ours, "torch": theirs, "ratio": ratio}
-        rows.append(row)
-        print(f"{row['case']:<26} {_fmt(ours.get('images_per_second')):>11} {_fmt(theirs.get('images_per_second')):>12} "
-              f"{_fmt(ratio, '{:.2f}'):>6} {_fmt(ours.get('peak_rss_mb')):>8} {_fmt(theirs.get('peak_rss_mb')):>9} "
-              f"{_fmt(ours.get('parameters')):>11}", flush=True)
-        for side in (ours, theirs):
-            if "error" in side:
-                print(f"    error: {side['error']}")
+    print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9} {'params':>11}")
+    for case in cases:
+        rows.append(measure_case(case, repeats, quick, torch_ok))
+        _print_row(rows[-1])
     tta = {}
     if args.data_dir:
-        tta["ours"] = _measure(["tta", "keras", args.data_dir, *quick], timeout=3000)
-        if torch_ok:
-            tta["torch"] = _measure(["tta", "torch", args.data_dir, *quick], timeout=3000)
-        print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe):")
+        tta = measure_time_to_accuracy(args.data_dir, 1 if args.quick else args.tta_repeats, quick, torch_ok)
+        print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe, "
+              f"median of {1 if args.quick else args.tta_repeats} alternating runs per side):")
         for side, result in tta.items():
-            print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  "
-                  f"(final {_fmt(result.get('final_accuracy'), '{:.4f}')} after {result.get('epochs')} epochs, "
+            samples = ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
+            print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {samples}; "
+                  f"final {_fmt(result.get('final_accuracy'), '{:.4f}')} after {result.get('epochs')} epochs, "
                   f"{_fmt(result.get('total_seconds'), '{:.1f}')} s){'  error: ' + result['error'] if 'error' in result else ''}")
     else:
         print("\nTime-to-accuracy skipped: pass --data-dir (real MNIST) or set KERAS_RESNET_LAB_DATA.")
-    _write(Path(args.out), rows, tta, args.quick)
+    _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats})
 
 
-def _write(folder, rows, tta, quick):
+def _write(folder, rows, tta, settings):
     import platform
 
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "quick": quick,
-            "date": time.strftime("%Y-%m-%d")}
+    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "date": time.strftime("%Y-%m-%d"), **settings}
     (folder / "benchmark.json").write_text(json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta}, indent=1))
     lines = ["| case | ours img/s | PyTorch img/s | ours/PyTorch | ours peak MB | PyTorch peak MB |", "|---|---|---|---|---|---|"]
     for row in rows:

@@ -80,6 +80,43 @@ class BasicBlock(nn.Module):
         return F.relu(s + y)
 
 
+class Bottleneck(nn.Module):
+    """torchvision's v1.5 bottleneck: the stride sits in the 3x3."""
+
+    def __init__(self, in_channels, channels, stride):
+        super().__init__()
+        out = channels * 4
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, out, 1, bias=False), nn.BatchNorm2d(out))
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):
+        return F.relu(self.shortcut(x) + self.body(x))
+
+
+class ResNet50(nn.Module):
+    """torchvision's resnet50 layout (25,557,032 parameters with 1000 classes)."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                                  nn.MaxPool2d(3, 2, 1))
+        blocks, channels = [], 64
+        for stage, (count, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
+            for index in range(count):
+                blocks.append(Bottleneck(channels, width, 2 if stage and not index else 1))
+                channels = width * 4
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+
+
 class ResNet(nn.Module):
     """CIFAR ResNets (option A) and torchvision's ResNet-18/34 layout with the small stem."""
 
@@ -99,8 +136,10 @@ class ResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
 
 
-def build(name):
+def build(name, num_classes=10):
     """(module, input shape NCHW without batch) for a benchmark case's model name."""
+    if name == "resnet50":
+        return ResNet50(num_classes), (3, 224, 224)
     if name == "baseline_cnn":
         return BaselineCNN(), (1, 28, 28)
     if name == "mnist_resnet":

@@ -149,3 +149,50 @@ def test_freeze_trains_only_the_last_blocks():
     assert f"{counts['trainable']:,} trainable" in printed.getvalue() and "frozen units (7)" in printed.getvalue()
     with pytest.raises(ValueError, match="trainable_last must be"):
         lab.freeze(model, trainable_last=99)
+
+
+def _train_step(layer, x, upstream):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * upstream)
+    return [y, *tape.gradient(loss, [x, layer.gamma, layer.beta])]
+
+
+def test_fused_batch_norm_matches_keras_batch_normalization():
+    from keras_resnet_lab.models.layers import BatchNorm
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(2.0, 3.0, (8, 5, 5, 4)).astype("float32"))
+    upstream = tf.constant(rng.normal(size=(8, 5, 5, 4)).astype("float32"))
+    ours, reference = BatchNorm(epsilon=1e-5, momentum=0.9), keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9)
+    for layer in (ours, reference):
+        layer.build(x.shape)
+        layer.gamma.assign(np.arange(1, 5, dtype="float32"))
+        layer.beta.assign(np.full(4, 0.5, "float32"))
+    for got, expected in zip(_train_step(ours, x, upstream), _train_step(reference, x, upstream)):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ours.moving_mean.numpy(), reference.moving_mean.numpy(), rtol=1e-6, atol=1e-7)
+    # The moving variance takes the unbiased batch variance, as PyTorch's running_var does.
+    n = 8 * 5 * 5
+    batch_variance = np.var(x.numpy().reshape(-1, 4), axis=0)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 + 0.1 * batch_variance * n / (n - 1), rtol=1e-5)
+    # Inference uses the moving statistics through Keras' own path.
+    np.testing.assert_allclose(ours(x, training=False).numpy(), reference(x, training=False).numpy(), atol=0.05)
+
+
+def test_fused_batch_norm_under_mixed_bfloat16_trains_and_saves(tmp_path):
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = lab.build_model("cifar_resnet20", input_shape=(16, 16, 3), num_classes=3)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = model.fit(np.random.rand(8, 16, 16, 3).astype("float32"), np.arange(8) % 3, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert type(model.get_layer("stem_bn")).__name__ == "BatchNorm"
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(loaded.get_layer("stem_bn")).__name__ == "BatchNorm"
+    x = np.random.rand(2, 16, 16, 3).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-2)

@@ -5,6 +5,7 @@ import textwrap
 
 import numpy as np
 import pytest
+import keras
 
 import keras_resnet_lab as lab
 from keras_resnet_lab.cli import main
@@ -227,3 +228,27 @@ def test_steps_per_execution_default_follows_the_measurements():
     assert default_steps_per_execution(lab.build_model("mnist_resnet")) == 16
     assert default_steps_per_execution(lab.build_model("cifar_resnet20", input_shape=(16, 16, 3))) == 1
     assert default_steps_per_execution(lab.build_model("mnist_resnet", batch_norm=True)) == 1
+
+
+def test_plateau_patience_survives_a_resume():
+    from keras_resnet_lab.training.callbacks import ResumablePlateau
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    history = [{"epoch": e, "val_accuracy": acc, "learning_rate": 0.1} for e, acc in [(1, 0.5), (2, 0.5), (3, 0.4)]]
+    plateau = ResumablePlateau(history, monitor="val_accuracy", mode="max", factor=0.5, patience=3)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    assert (plateau.best, plateau.wait) == (0.5, 2)  # Keras' own callback would restart at 0
+    plateau.on_epoch_end(3, {"val_accuracy": 0.45})
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05)
+    plateau.first_epoch = 2  # a new phase counts from its own first epoch
+    plateau.on_train_begin()
+    assert (plateau.best, plateau.wait) == (0.4, 0)
+
+
+def test_plateau_schedule_trains_through_train(tmp_path):
+    phases = [{"epochs": 2, "learning_rate": 0.002, "batch_size": 64}, {"epochs": 1, "learning_rate": 0.0005, "batch_size": 64}]
+    result = lab.train(**tiny(tmp_path, epochs=3, schedule="plateau", phases=phases))
+    rates = [row["learning_rate"] for row in result.history]
+    assert rates[:2] == pytest.approx([0.002, 0.002]) and rates[2] == pytest.approx(0.0005)

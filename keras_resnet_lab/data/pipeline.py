@@ -183,12 +183,13 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
         indices = indices.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
 
     def load_batch(index):
-        return to_model_size(tf.gather(images, index), prep), tf.gather(labels, index)
+        return standardize(to_model_size(tf.gather(images, index), prep), prep), tf.gather(labels, index)
 
     def load_augmented_batch(index, seed):
-        x, y = load_batch(index)
-        return augmenter(x, seed), y
+        x = augmenter(to_model_size(tf.gather(images, index), prep), seed)
+        return standardize(x, prep), tf.gather(labels, index)
 
+    # One map per batch: gather, convert, augment and standardize run as a single function.
     batches = indices.batch(batch_size)
     if augmenter is None:
         batches = batches.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
@@ -196,6 +197,4 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
         # A fresh, seed-determined pair of stateless seeds per batch (and per epoch).
         seeds = tf.data.Dataset.random(seed=shuffle_seed or 0, rerandomize_each_iteration=True).batch(2)
         batches = tf.data.Dataset.zip(batches, seeds).map(load_augmented_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    if prep.mean is not None:
-        batches = batches.map(lambda x, y: (standardize(x, prep), y), num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE)

@@ -4,7 +4,8 @@ import keras
 from keras import layers
 
 from ..errors import ConfigError
-from .layers import BN_EPSILON, BN_MOMENTUM, activation_layer, check_activation, classifier_head
+from .layers import activation_layer, check_activation, classifier_head
+from .layers import batch_norm as batch_norm_layer
 
 
 def _check_rate(option, value):
@@ -51,7 +52,7 @@ def _residual_block(x, activation, batch_norm, name):
     for i in (1, 2):
         y = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(y)
         if batch_norm:
-            y = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}_bn{i}")(y)
+            y = batch_norm_layer(y, name=f"{name}_bn{i}")
         if i == 1:
             y = activation_layer(activation, f"{name}_act1")(y)
     y = layers.Add(name=f"{name}_add")([x, y])

@@ -81,3 +81,41 @@ class RunKeeper(keras.callbacks.Callback):
         if self.patience and state.wait >= self.patience:
             state.stopped_early = True
             self.model.stop_training = True
+
+
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """`ReduceLROnPlateau` whose patience count survives a resumed run.
+
+    Keras resets the count at every `fit()`; this replays the epochs the run already recorded
+    since the current phase began (`first_epoch`), so a run stopped one epoch before a reduction
+    reduces one epoch after resuming. The learning rate itself comes back with the optimizer's
+    checkpoint.
+    """
+
+    def __init__(self, history, **kwargs):
+        super().__init__(**kwargs)
+        self.history = history
+        self.first_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        for row in self.history:
+            if row["epoch"] > self.first_epoch:
+                self._replay(row)
+
+    def _replay(self, row):
+        """What `on_epoch_end` did to the counters that epoch, without touching the optimizer."""
+        current = row.get(self.monitor)
+        if current is None:
+            return
+        if self.in_cooldown():
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self._is_improvement(current, self.best):
+            self.best, self.wait = current, 0
+        elif not self.in_cooldown():
+            self.wait += 1
+            if self.wait >= self.patience and row.get("learning_rate", math.inf) > self.min_lr:
+                self.cooldown_counter, self.wait = self.cooldown, 0
