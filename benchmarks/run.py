@@ -302,9 +302,11 @@ def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
             runs["torch"].append(_measure(["tta", "torch", data_dir, *quick], timeout=3000))
     summary = {}
     for side, results in runs.items():
+        if not results:  # PyTorch not installed
+            continue
         done = [r for r in results if "seconds_to_target" in r]
         if not done:
-            summary[side] = results[0] if results else {}
+            summary[side] = results[0]
             continue
         reached = [r["seconds_to_target"] for r in done]
         middle = sorted(done, key=lambda r: r["seconds_to_target"] or float("inf"))[len(done) // 2]
