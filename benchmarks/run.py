@@ -10,8 +10,9 @@ tf.data pipeline, `compile_model`, `model.fit`) against a plain PyTorch loop ove
 tensors with the same network, batch size and optimizer (Adam); each side's figure is the median
 of its repeats. Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach
 99.0% test accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64,
-affine augmentation), alternated `--tta-repeats` times. With a GPU visible to TensorFlow (or `--gpu`), ResNet-50 at 224x224 with
-mixed precision (float16) and cifar_resnet20 are measured on it as well. PyTorch is optional
+affine augmentation), alternated `--tta-repeats` times. With a GPU visible to TensorFlow (or
+`--gpu`), ResNet-50 at 224x224 with mixed precision (float16) and cifar_resnet20 are measured on
+it as well. PyTorch is optional
 (`pip install -e ".[bench]"`); without it our rows print alone.
 """
 
@@ -279,14 +280,19 @@ def _median_of(samples):
             "parameters": samples[0].get("parameters")}
 
 
-def measure_case(case, repeats, quick, torch_ok):
-    """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
-    payload = json.dumps(asdict(case))
+def _alternate(args, repeats, torch_ok, timeout=1200):
+    """Runs the worker `args` for ours, then PyTorch, `repeats` times: (our results, theirs)."""
     ours, theirs = [], []
     for _ in range(repeats):
-        ours.append(_measure(["throughput", "keras", payload, *quick]))
+        ours.append(_measure([args[0], "keras", *args[1:]], timeout))
         if torch_ok:
-            theirs.append(_measure(["throughput", "torch", payload, *quick]))
+            theirs.append(_measure([args[0], "torch", *args[1:]], timeout))
+    return ours, theirs
+
+
+def measure_case(case, repeats, quick, torch_ok):
+    """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
+    ours, theirs = _alternate(["throughput", json.dumps(asdict(case)), *quick], repeats, torch_ok)
     ours, theirs = _median_of(ours), _median_of(theirs)
     ratio = (ours["images_per_second"] / theirs["images_per_second"]
              if ours.get("images_per_second") and theirs.get("images_per_second") else None)
@@ -295,13 +301,9 @@ def measure_case(case, repeats, quick, torch_ok):
 
 def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
     """Alternates ours and PyTorch `repeats` times; each side keeps the median seconds to target."""
-    runs = {"ours": [], "torch": []}
-    for _ in range(repeats):
-        runs["ours"].append(_measure(["tta", "keras", data_dir, *quick], timeout=3000))
-        if torch_ok:
-            runs["torch"].append(_measure(["tta", "torch", data_dir, *quick], timeout=3000))
+    ours, theirs = _alternate(["tta", data_dir, *quick], repeats, torch_ok, timeout=3000)
     summary = {}
-    for side, results in runs.items():
+    for side, results in (("ours", ours), ("torch", theirs)):
         if not results:  # PyTorch not installed
             continue
         done = [r for r in results if "seconds_to_target" in r]
@@ -360,7 +362,7 @@ def main(argv=None):
         if value < 1:
             parser.error(f"{flag} must be at least 1; received {value}.")
     quick = ["--quick"] if args.quick else []
-    repeats = 1 if args.quick else args.repeats
+    repeats, tta_repeats = (1, 1) if args.quick else (args.repeats, args.tta_repeats)
     torch_ok = _torch_available()
     if not torch_ok:
         print("PyTorch is not installed (pip install -e '.[bench]'): only our rows print.")
@@ -376,9 +378,9 @@ def main(argv=None):
         _print_row(rows[-1])
     tta = {}
     if args.data_dir:
-        tta = measure_time_to_accuracy(args.data_dir, 1 if args.quick else args.tta_repeats, quick, torch_ok)
+        tta = measure_time_to_accuracy(args.data_dir, tta_repeats, quick, torch_ok)
         print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe, "
-              f"median of {1 if args.quick else args.tta_repeats} alternating runs per side):")
+              f"median of {tta_repeats} alternating runs per side):")
         for side, result in tta.items():
             samples = ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
             print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {samples}; "
