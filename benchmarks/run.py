@@ -1,6 +1,6 @@
 """Training throughput and time-to-accuracy, ours against plain PyTorch, in one run.
 
-    python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 2] [--quick] [--gpu] [--out DIR]
+    python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 3] [--quick] [--gpu] [--out DIR]
 
 Every measurement runs in a fresh subprocess (so each has its own peak memory and thread
 pools), and each case alternates ours and PyTorch `--repeats` times: this machine's speed drifts
@@ -10,10 +10,10 @@ tf.data pipeline, `compile_model`, `model.fit`) against a plain PyTorch loop ove
 tensors with the same network, batch size and optimizer (Adam); each side's figure is the median
 of its repeats. Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach
 99.0% test accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64,
-affine augmentation), alternated `--tta-repeats` times. With a GPU visible to TensorFlow (or
-`--gpu`), ResNet-50 at 224x224 with mixed precision (float16) and cifar_resnet20 are measured on
-it as well. PyTorch is optional
-(`pip install -e ".[bench]"`); without it our rows print alone.
+affine augmentation, a validation pass every epoch), alternated `--tta-repeats` times. With a
+GPU visible to TensorFlow (or `--gpu`), ResNet-50 at 224x224 with mixed precision (float16) and
+cifar_resnet20 are measured on it as well. PyTorch is optional (`pip install -e ".[bench]"`);
+without it our rows print alone.
 """
 
 import argparse
@@ -218,14 +218,14 @@ def torch_time_to_accuracy(data_dir, quick):
         x, y = bundle.arrays[split]
         return (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std, torch.from_numpy(y)
 
-    (x, y), (x_test, y_test) = tensors("train"), tensors("test")
+    (x, y), (x_val, y_val), (x_test, y_test) = tensors("train"), tensors("validation"), tensors("test")
     model = BaselineCNN(**recipe.model_options)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.learning_rate)
     steps = int(np.ceil(len(y) / recipe.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=epochs * steps)
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
-    curve, seconds = [], []
+    curve, validation, seconds = [], [], []
     for _ in range(epochs):
         start = time.perf_counter()
         model.train()
@@ -235,11 +235,13 @@ def torch_time_to_accuracy(data_dir, quick):
             loss_fn(model(images), y[index]).backward()
             optimizer.step()
             scheduler.step()
-        seconds.append(time.perf_counter() - start)
         model.eval()
+        with torch.no_grad():  # the recipe validates every epoch (`train` picks the best epoch by it)
+            validation.append(float((model(x_val).argmax(1) == y_val).float().mean()))
+        seconds.append(time.perf_counter() - start)
         with torch.no_grad():
             curve.append(float((model(x_test).argmax(1) == y_test).float().mean()))
-    return _tta(curve, np.cumsum(seconds))
+    return {**_tta(curve, np.cumsum(seconds)), "final_validation_accuracy": validation[-1]}
 
 
 # ------------------------------------------------------------------ orchestration
@@ -260,8 +262,8 @@ def _worker(argv):
 
 def _measure(args, timeout=1200):
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", *args], capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", *args], check=False,
+                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout} s"}
     for line in done.stdout.splitlines():
@@ -354,7 +356,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_RESNET_LAB_DATA"))
     parser.add_argument("--quick", action="store_true", help="a few steps each: checks that it runs, not the speed")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side (default 3)")
-    parser.add_argument("--tta-repeats", type=int, default=2, help="alternating time-to-accuracy runs per side")
+    parser.add_argument("--tta-repeats", type=int, default=3, help="alternating time-to-accuracy runs per side")
     parser.add_argument("--gpu", action="store_true", help="add the GPU cases even if no GPU is detected")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -394,17 +396,27 @@ def main(argv=None):
 def _write(folder, rows, tta, settings):
     import platform
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_resnet_lab.training.run_state import write_atomic
+
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), **settings}
-    (folder / "benchmark.json").write_text(json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta}, indent=1))
+    write_atomic(folder / "benchmark.json", json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta},
+                                                       indent=1))
     lines = ["| case | ours img/s | PyTorch img/s | ours/PyTorch | ours peak MB | PyTorch peak MB |", "|---|---|---|---|---|---|"]
     for row in rows:
         ours, theirs = row["ours"], row["torch"]
         lines.append(f"| {row['case']} | {_fmt(ours.get('images_per_second'))} | {_fmt(theirs.get('images_per_second'))} | "
                      f"{_fmt(row['ratio'], '{:.2f}')} | {_fmt(ours.get('peak_rss_mb'))} | {_fmt(theirs.get('peak_rss_mb'))} |")
-    (folder / "benchmark.md").write_text("\n".join(lines) + "\n")
-
+    if tta:
+        lines += ["", f"| time to {TARGET_ACCURACY:.1%} MNIST test accuracy | seconds (median) | runs | "
+                      "final accuracy | total seconds |", "|---|---|---|---|---|"]
+        for side, result in tta.items():
+            samples = ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
+            lines.append(f"| {side} | {_fmt(result.get('seconds_to_target'), '{:.1f}')} | {samples} | "
+                         f"{_fmt(result.get('final_accuracy'), '{:.4f}')} | {_fmt(result.get('total_seconds'), '{:.1f}')} |")
+    write_atomic(folder / "benchmark.md", "\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()
