@@ -230,6 +230,24 @@ def test_steps_per_execution_default_follows_the_measurements():
     assert default_steps_per_execution(lab.build_model("mnist_resnet", batch_norm=True)) == 1
 
 
+def test_an_accuracy_tie_goes_to_the_epoch_with_the_lower_loss(tmp_path):
+    from keras_resnet_lab.training.callbacks import RunKeeper
+    from keras_resnet_lab.training.run_state import RunState
+
+    model = lab.build_model("baseline_cnn")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    keeper = RunKeeper(tmp_path, RunState(), monitor="val_accuracy")
+    keeper.set_model(model)
+    epochs = [(0.90, 0.30), (0.95, 0.20), (0.95, 0.10), (0.95, 0.15), (0.93, 0.05)]
+    for epoch, (accuracy, loss) in enumerate(epochs):
+        keeper.on_epoch_begin(epoch)
+        keeper.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+    assert keeper.state.best == 0.95
+    assert keeper.state.best_epoch == 3  # ties with epoch 2 at a lower loss; epoch 4 ties at a higher one
+    assert keeper.state.wait == 2
+    assert (tmp_path / "checkpoints" / "best.weights.h5").is_file()
+
+
 def test_plateau_patience_survives_a_resume():
     from keras_resnet_lab.training.callbacks import ResumablePlateau
 

@@ -73,7 +73,7 @@ class RunKeeper(keras.callbacks.Callback):
         if value is None or not math.isfinite(value):
             return
         better = state.best is None or (value > state.best if self.maximize else value < state.best)
-        if better:
+        if better or (value == state.best and self._lower_tie_loss(row)):
             state.best, state.best_epoch, state.wait = value, row["epoch"], 0
             save_weights_atomic(self.model, self.run_dir / "checkpoints" / "best.weights.h5")
             return
@@ -81,6 +81,21 @@ class RunKeeper(keras.callbacks.Callback):
         if self.patience and state.wait >= self.patience:
             state.stopped_early = True
             self.model.stop_training = True
+
+
+    def _lower_tie_loss(self, row):
+        """Breaks a tie in an accuracy monitor by the matching loss.
+
+        A validation split of a few hundred images makes ties common. Without this, the earliest
+        epoch with the top accuracy would win, often mid-schedule, over a later epoch with the same
+        accuracy and a lower loss.
+        """
+        if not self.maximize:
+            return False
+        loss_key = "val_loss" if self.monitor.startswith("val_") else "loss"
+        best_row = next((r for r in self.state.history if r["epoch"] == self.state.best_epoch), {})
+        loss, best_loss = row.get(loss_key), best_row.get(loss_key)
+        return loss is not None and best_loss is not None and loss < best_loss
 
 
 class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
