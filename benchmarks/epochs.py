@@ -17,9 +17,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks.run import run_worker
 
 BATCH = 64
 
@@ -128,13 +129,11 @@ def _worker(argv):
     print("RESULT " + json.dumps(result))
 
 
-def _run_worker(*args):
-    done = subprocess.run([sys.executable, "-m", "benchmarks.epochs", "--worker", *args], check=False,
-                          capture_output=True, text=True)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    raise SystemExit(f"benchmarks.epochs {' '.join(args)} failed: {done.stderr.strip()[-2000:]}")
+def _worker_result(*args):
+    result = run_worker(list(args), timeout=1800, module="benchmarks.epochs")
+    if isinstance(result, dict) and "error" in result:
+        raise SystemExit(f"benchmarks.epochs {' '.join(args)} failed: {result['error']}")
+    return result
 
 
 def main(argv=None):
@@ -157,14 +156,14 @@ def main(argv=None):
     except ImportError:
         print("PyTorch is not installed: our side only (pip install -e \".[bench]\").")
     for framework in frameworks:
-        rows = _run_worker("epochs", framework, args.data_dir, epochs, *quick)
+        rows = _worker_result("epochs", framework, args.data_dir, epochs, *quick)
         print(f"{framework}: epoch wall s / CPU s / cores")
         for number, row in enumerate(rows, start=1):
             print(f"  {number:2d}  {row['wall_s']:6.2f}  {row['cpu_s']:6.2f}  {row['cores']:4.2f}")
         print(f"  median wall {statistics.median(r['wall_s'] for r in rows):.2f} s, "
               f"median CPU {statistics.median(r['cpu_s'] for r in rows):.2f} s")
     for framework in frameworks:
-        seconds = _run_worker("augment", framework, args.data_dir, "0", *quick)
+        seconds = _worker_result("augment", framework, args.data_dir, "0", *quick)
         print(f"affine augmentation alone, one thread, {'20' if args.quick else '844'} batches of {BATCH}: "
               f"{framework} {seconds:.2f} s")
 

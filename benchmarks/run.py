@@ -260,9 +260,10 @@ def _worker(argv):
     print("RESULT " + json.dumps(result))
 
 
-def _measure(args, timeout=1200):
+def run_worker(args, timeout=1200, module="benchmarks.run"):
+    """Runs `module`'s worker with `args` in a fresh process: its RESULT, or {"error": ...}."""
     try:
-        done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--worker", *args], check=False,
+        done = subprocess.run([sys.executable, "-m", module, "--worker", *args], check=False,
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout} s"}
@@ -286,9 +287,9 @@ def _alternate(args, repeats, torch_ok, timeout=1200):
     """Runs the worker `args` for ours, then PyTorch, `repeats` times: (our results, theirs)."""
     ours, theirs = [], []
     for _ in range(repeats):
-        ours.append(_measure([args[0], "keras", *args[1:]], timeout))
+        ours.append(run_worker([args[0], "keras", *args[1:]], timeout))
         if torch_ok:
-            theirs.append(_measure([args[0], "torch", *args[1:]], timeout))
+            theirs.append(run_worker([args[0], "torch", *args[1:]], timeout))
     return ours, theirs
 
 
@@ -338,6 +339,10 @@ def _fmt(value, pattern="{:,.0f}"):
     return "-" if value is None else pattern.format(value)
 
 
+def _samples(result):
+    return ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
+
+
 def _print_row(row):
     ours, theirs = row["ours"], row["torch"]
     print(f"{row['case']:<40} {_fmt(ours.get('images_per_second')):>11} {_fmt(theirs.get('images_per_second')):>12} "
@@ -384,8 +389,7 @@ def main(argv=None):
         print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe, "
               f"median of {tta_repeats} alternating runs per side):")
         for side, result in tta.items():
-            samples = ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
-            print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {samples}; "
+            print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {_samples(result)}; "
                   f"final {_fmt(result.get('final_accuracy'), '{:.4f}')} after {result.get('epochs')} epochs, "
                   f"{_fmt(result.get('total_seconds'), '{:.1f}')} s){'  error: ' + result['error'] if 'error' in result else ''}")
     else:
@@ -393,13 +397,18 @@ def main(argv=None):
     _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats})
 
 
+def write_atomic(path, text):
+    """Writes to a temporary name, then renames. (The package has one too, but importing it would
+    load TensorFlow into this orchestrating process, which otherwise never does.)"""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
 def _write(folder, rows, tta, settings):
     import platform
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from keras_resnet_lab.training.run_state import write_atomic
-
-    folder.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d"), **settings}
     write_atomic(folder / "benchmark.json", json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta},
@@ -413,10 +422,10 @@ def _write(folder, rows, tta, settings):
         lines += ["", f"| time to {TARGET_ACCURACY:.1%} MNIST test accuracy | seconds (median) | runs | "
                       "final accuracy | total seconds |", "|---|---|---|---|---|"]
         for side, result in tta.items():
-            samples = ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
-            lines.append(f"| {side} | {_fmt(result.get('seconds_to_target'), '{:.1f}')} | {samples} | "
+            lines.append(f"| {side} | {_fmt(result.get('seconds_to_target'), '{:.1f}')} | {_samples(result)} | "
                          f"{_fmt(result.get('final_accuracy'), '{:.4f}')} | {_fmt(result.get('total_seconds'), '{:.1f}')} |")
     write_atomic(folder / "benchmark.md", "\n".join(lines) + "\n")
+
 
 if __name__ == "__main__":
     main()

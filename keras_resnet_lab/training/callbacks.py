@@ -82,7 +82,6 @@ class RunKeeper(keras.callbacks.Callback):
             state.stopped_early = True
             self.model.stop_training = True
 
-
     def _lower_tie_loss(self, row):
         """Breaks a tie in an accuracy monitor by the matching loss.
 
