@@ -39,7 +39,7 @@ def keras_epochs(data_dir, epochs, quick):
     import keras
 
     import keras_resnet_lab as lab
-    from keras_resnet_lab.training.train import compile_model
+    from keras_resnet_lab.training.compiling import compile_model
 
     recipe = lab.get_recipe("seed000-mnist-baseline").config(data_dir=data_dir)
     options = {**recipe.dataset_options, **({"train_subset_per_class": 100} if quick else {})}

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import keras_resnet_lab as lab  # noqa: E402
-from keras_resnet_lab.training.train import compile_model  # noqa: E402
+from keras_resnet_lab.training.compiling import compile_model  # noqa: E402
 
 CASES = [
     # (label, dataset, dataset options, model, model options, batch size)

@@ -1,6 +1,7 @@
 """Training throughput and time-to-accuracy, ours against plain PyTorch, in one run.
 
-    python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 3] [--quick] [--gpu] [--out DIR]
+    python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 3] [--quick] [--gpu] [--only cpu|gpu]
+                             [--torch-channels-last] [--out DIR]
 
 Every measurement runs in a fresh subprocess (so each has its own peak memory and thread
 pools), and each case alternates ours and PyTorch `--repeats` times: this machine's speed drifts
@@ -11,9 +12,12 @@ tensors with the same network, batch size and optimizer (Adam); each side's figu
 of its repeats. Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach
 99.0% test accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64,
 affine augmentation, a validation pass every epoch), alternated `--tta-repeats` times. With a
-GPU visible to TensorFlow (or `--gpu`), ResNet-50 at 224x224 with mixed precision (float16) and
-cifar_resnet20 are measured on it as well. PyTorch is optional (`pip install -e ".[bench]"`);
-without it our rows print alone.
+GPU visible to Keras (or `--gpu`), ResNet-50 at 224x224 with mixed precision (float16) and
+cifar_resnet20 are measured on it as well, on whichever Keras backend `KERAS_BACKEND` names: on
+a backend other than TensorFlow both sides read batches already on the GPU, since the tf.data
+pipeline is TensorFlow's. `--torch-channels-last` runs the PyTorch reference in its tuned
+channels-last layout. PyTorch is optional (`pip install -e ".[bench]"`); without it our rows
+print alone.
 """
 
 import argparse
@@ -36,13 +40,15 @@ class Case:
     num_classes: int = 10
     device: str = "cpu"
     mixed_precision: bool = False
+    steps_per_execution: int = None  # None: `train`'s default for the model
 
     @property
     def label(self):
         extra = " small stem" if self.model == "resnet18" else ""
         precision = (" mixed fp16" if self.device == "gpu" else " mixed bf16") if self.mixed_precision else ""
         size = "x".join(map(str, self.shape[:2]))
-        return f"{self.model}{extra} {size} b{self.batch}{precision} {self.device}"
+        calls = f" spe{self.steps_per_execution}" if self.steps_per_execution else ""
+        return f"{self.model}{extra} {size} b{self.batch}{precision}{calls} {self.device}"
 
 
 CPU_CASES = [
@@ -55,6 +61,7 @@ CPU_CASES = [
 GPU_CASES = [
     Case("resnet50", 128, (224, 224, 3), num_classes=1000, device="gpu", mixed_precision=True),
     Case("cifar_resnet20", 128, (32, 32, 3), device="gpu"),
+    Case("cifar_resnet20", 128, (32, 32, 3), device="gpu", steps_per_execution=16),
 ]
 TARGET_ACCURACY = 0.99
 
@@ -68,7 +75,7 @@ def window_steps(case, quick):
     if quick:
         return 2, 1
     if case.device == "gpu":
-        return 50, 3
+        return (48, 3) if case.model == "resnet50" else (192, 3)
     return (8, 3) if case.model in ("resnet18", "cifar_resnet20") else (64, 3)
 
 
@@ -82,26 +89,28 @@ def keras_throughput(case, quick):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import keras_resnet_lab as lab
-    from keras_resnet_lab.data.pipeline import Preprocessing, make_dataset
-    from keras_resnet_lab.training.train import _dtype_policy, compile_model
+    from keras_resnet_lab.training.compiling import compile_model, dtype_policy, gpu_available
 
+    backend = keras.backend.backend()
+    if case.device == "cpu" and backend != "tensorflow":
+        return {"error": f"the CPU cases run on Keras's TensorFlow backend, not {backend!r}"}
     if case.device == "cpu":
+        import tensorflow as tf
+
         tf.config.set_visible_devices([], "GPU")
-    elif not tf.config.list_physical_devices("GPU"):
-        return {"error": "no GPU visible to TensorFlow"}
+    elif not gpu_available():
+        return {"error": f"no GPU visible to Keras's {backend} backend"}
     rng = np.random.default_rng(0)
     count = sample_count(case)
     x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)
     y = rng.integers(0, case.num_classes, count)
-    prep = Preprocessing(case.shape[-1], case.shape[:2], source_size=case.shape[:2])
-    data = make_dataset(x, y, prep, case.batch, shuffle_seed=0).repeat()
+    data = _our_pipeline(x, y, case) if backend == "tensorflow" else _device_batches(x, y, case)
     options = {"stem": "small"} if case.model == "resnet18" else {}
     config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
-                             mixed_precision=case.mixed_precision)
-    with _dtype_policy(config.mixed_precision):  # exactly as `train` sets it
+                             mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution)
+    with dtype_policy(config.mixed_precision):  # exactly as `train` sets it
         model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
         compile_model(model, config, config.resolved_phases(), count)
     steps, windows = window_steps(case, quick)
@@ -116,8 +125,44 @@ def keras_throughput(case, quick):
 
     model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
     rate = statistics.median(steps * case.batch / t for t in times[1:])  # the first epoch is the warm-up
-    return {"images_per_second": rate, "peak_rss_mb": peak_rss_mb(),
-            "parameters": lab.parameter_counts(model)["trainable"]}
+    return {"images_per_second": rate, "peak_rss_mb": peak_rss_mb(), "backend": backend,
+            "device_name": _keras_device_name(backend, case),
+            "steps_per_execution": model.steps_per_execution, "parameters": lab.parameter_counts(model)["trainable"]}
+
+
+def _our_pipeline(x, y, case):
+    """`train`'s tf.data pipeline (uint8 in, scaled and normalized in the map, prefetched)."""
+    from keras_resnet_lab.data.pipeline import Preprocessing, make_dataset
+
+    prep = Preprocessing(case.shape[-1], case.shape[:2], source_size=case.shape[:2])
+    return make_dataset(x, y, prep, case.batch, shuffle_seed=0).repeat()
+
+
+def _device_batches(x, y, case):
+    """Batches already on the GPU, cycled, for backends without tf.data (PyTorch's side is fed the same way)."""
+    import itertools
+
+    import keras
+
+    images = keras.ops.convert_to_tensor(x.astype("float32") / 255)
+    labels = keras.ops.convert_to_tensor(y)
+    starts = range(0, len(x) - case.batch + 1, case.batch)
+    batches = [(images[i:i + case.batch], labels[i:i + case.batch]) for i in starts]
+    return (batch for batch in itertools.cycle(batches))  # fit takes generators, not other iterators
+
+
+def _keras_device_name(backend, case):
+    if case.device == "cpu":
+        return "cpu"
+    if backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]).get("device_name")
+    return "gpu"
 
 
 def keras_time_to_accuracy(data_dir, quick):
@@ -154,7 +199,7 @@ def _tta(curve, seconds):
 
 # ------------------------------------------------------------------ the PyTorch reference
 
-def torch_throughput(case, quick):
+def torch_throughput(case, quick, channels_last=False):
     import torch
 
     from benchmarks.torch_models import build, parameter_count
@@ -162,12 +207,14 @@ def torch_throughput(case, quick):
     if case.device == "gpu" and not torch.cuda.is_available():
         return {"error": "no CUDA device visible to PyTorch"}
     device = torch.device("cuda" if case.device == "gpu" else "cpu")
+    torch.backends.cudnn.benchmark = True  # what a GPU training script sets: the fastest convolution per shape
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
     model, chw = build(case.model, case.num_classes)
-    model = model.to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     count = sample_count(case)
-    x = torch.rand(count, *chw, device=device)
+    x = torch.rand(count, *chw, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, case.num_classes, (count,), device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     # Our rule (`train`'s mixed precision): float16 with loss scaling on GPUs, bfloat16 on CPUs.
@@ -196,6 +243,7 @@ def torch_throughput(case, quick):
         run(steps)
         rates.append(steps * case.batch / (time.perf_counter() - start))
     return {"images_per_second": statistics.median(rates), "peak_rss_mb": peak_rss_mb(),
+            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "parameters": parameter_count(model)}
 
 
@@ -252,8 +300,10 @@ def _worker(argv):
     if kind == "throughput":
         fields = json.loads(payload)
         case = Case(**{**fields, "shape": tuple(fields["shape"])})
-        fn = keras_throughput if framework == "keras" else torch_throughput
-        result = fn(case, quick)
+        if framework == "keras":
+            result = keras_throughput(case, quick)
+        else:
+            result = torch_throughput(case, quick, channels_last="--torch-channels-last" in argv)
     else:
         fn = keras_time_to_accuracy if framework == "keras" else torch_time_to_accuracy
         result = fn(payload, quick)
@@ -278,9 +328,10 @@ def _median_of(samples):
     rates = [s["images_per_second"] for s in samples if "images_per_second" in s]
     if not rates:
         return next((s for s in samples if "error" in s), {})
+    first = next(s for s in samples if "images_per_second" in s)
     return {"images_per_second": statistics.median(rates), "samples": rates,
             "peak_rss_mb": max(s["peak_rss_mb"] for s in samples if "peak_rss_mb" in s),
-            "parameters": samples[0].get("parameters")}
+            **{key: first[key] for key in ("parameters", "backend", "device_name", "steps_per_execution") if key in first}}
 
 
 def _alternate(args, repeats, torch_ok, timeout=1200):
@@ -293,13 +344,23 @@ def _alternate(args, repeats, torch_ok, timeout=1200):
     return ours, theirs
 
 
-def measure_case(case, repeats, quick, torch_ok):
+def measure_case(case, repeats, flags, torch_ok):
     """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
-    ours, theirs = _alternate(["throughput", json.dumps(asdict(case)), *quick], repeats, torch_ok)
+    ours, theirs = _alternate(["throughput", json.dumps(asdict(case)), *flags], repeats, torch_ok)
     ours, theirs = _median_of(ours), _median_of(theirs)
     ratio = (ours["images_per_second"] / theirs["images_per_second"]
              if ours.get("images_per_second") and theirs.get("images_per_second") else None)
-    return {"case": case.label, "ours": ours, "torch": theirs, "ratio": ratio}
+    return {"case": _row_label(case, ours, theirs), "ours": ours, "torch": theirs, "ratio": ratio}
+
+
+def _row_label(case, ours, theirs):
+    """The case, plus the GPU's name and our Keras backend where they are not the default."""
+    notes = []
+    if case.device == "gpu":
+        notes.append(ours.get("device_name") or theirs.get("device_name") or "gpu")
+    if ours.get("backend", "tensorflow") != "tensorflow":
+        notes.append(f"Keras on {ours['backend']}")
+    return case.label + (f" ({', '.join(notes)})" if notes else "")
 
 
 def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
@@ -321,10 +382,10 @@ def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
 
 
 def _gpu_visible():
-    probe = "import tensorflow as tf; print(len(tf.config.list_physical_devices('GPU')))"
+    probe = "from keras_resnet_lab.training.compiling import gpu_available; print(int(gpu_available()))"
     done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    return done.stdout.strip().splitlines()[-1:] not in ([], ["0"])
+    return done.stdout.strip().splitlines()[-1:] == ["1"]
 
 
 def _torch_available():
@@ -363,6 +424,9 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements per side (default 3)")
     parser.add_argument("--tta-repeats", type=int, default=3, help="alternating time-to-accuracy runs per side")
     parser.add_argument("--gpu", action="store_true", help="add the GPU cases even if no GPU is detected")
+    parser.add_argument("--only", choices=("cpu", "gpu"), help="run only the CPU or only the GPU cases")
+    parser.add_argument("--torch-channels-last", action="store_true",
+                        help="run the PyTorch reference in channels-last memory format (its tuned GPU setting)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     for flag, value in (("--repeats", args.repeats), ("--tta-repeats", args.tta_repeats)):
@@ -370,18 +434,19 @@ def main(argv=None):
             parser.error(f"{flag} must be at least 1; received {value}.")
     quick = ["--quick"] if args.quick else []
     repeats, tta_repeats = (1, 1) if args.quick else (args.repeats, args.tta_repeats)
+    reference = ["--torch-channels-last"] if args.torch_channels_last else []
     torch_ok = _torch_available()
     if not torch_ok:
         print("PyTorch is not installed (pip install -e '.[bench]'): only our rows print.")
-    cases = CPU_CASES[:1] if args.quick else list(CPU_CASES)  # quick: does it run, not how fast
-    if args.gpu or _gpu_visible():
+    cases = [] if args.only == "gpu" else CPU_CASES[:1] if args.quick else list(CPU_CASES)  # quick: runs, not speed
+    if args.only != "cpu" and (args.gpu or args.only == "gpu" or _gpu_visible()):
         cases += GPU_CASES
-    elif not args.quick:
-        print("No GPU visible to TensorFlow: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
+    elif args.only != "cpu" and not args.quick:
+        print("No GPU visible to Keras: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
     rows = []
     print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9} {'params':>11}")
     for case in cases:
-        rows.append(measure_case(case, repeats, quick, torch_ok))
+        rows.append(measure_case(case, repeats, quick + reference, torch_ok))
         _print_row(rows[-1])
     tta = {}
     if args.data_dir:
@@ -394,7 +459,8 @@ def main(argv=None):
                   f"{_fmt(result.get('total_seconds'), '{:.1f}')} s){'  error: ' + result['error'] if 'error' in result else ''}")
     else:
         print("\nTime-to-accuracy skipped: pass --data-dir (real MNIST) or set KERAS_RESNET_LAB_DATA.")
-    _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats})
+    _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats,
+                                       "torch_channels_last": args.torch_channels_last})
 
 
 def write_atomic(path, text):

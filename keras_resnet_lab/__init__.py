@@ -13,13 +13,32 @@ import os
 # TensorFlow prints C++ INFO lines on import; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from .data import DatasetBundle, load_dataset
-from .export import export, load_exported
-from .errors import ConfigError, DataError, LabError, TrainingDiverged
-from .models import build_model, freeze, list_models, parameter_counts, print_parameter_summary
-from .training import Phase, TrainConfig, TrainResult, train
-from .training.compare import compare, configs_for
-from .training.recipes import get_recipe, list_recipes
+import keras  # noqa: E402
+
+from .errors import ConfigError, DataError, LabError, TrainingDiverged  # noqa: E402
+from .models import build_model, freeze, list_models, parameter_counts, print_parameter_summary  # noqa: E402
+from .training import Phase, TrainConfig  # noqa: E402
+from .training.recipes import get_recipe, list_recipes  # noqa: E402
+
+_NEEDS_TENSORFLOW = ("DatasetBundle", "load_dataset", "export", "load_exported", "TrainResult", "train",
+                     "compare", "configs_for")
+
+if keras.backend.backend() == "tensorflow":
+    from .data import DatasetBundle, load_dataset
+    from .export import export, load_exported
+    from .training.compare import compare, configs_for
+    from .training.train import TrainResult, train
+else:
+    # The models build and compile on Keras's other backends (the GPU benchmark runs them on JAX);
+    # the data pipeline, training loop and export are tf.data and SavedModel code.
+    def __getattr__(name):
+        if name in _NEEDS_TENSORFLOW:
+            raise AttributeError(
+                f"keras_resnet_lab.{name} needs Keras's TensorFlow backend; this process runs "
+                f"{keras.backend.backend()!r}. Unset KERAS_BACKEND or set it to 'tensorflow'."
+            )
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = [

@@ -88,7 +88,8 @@ def cmd_recipes(args):
 
 
 def cmd_train(args):
-    from .training import TrainConfig, train
+    from .training import TrainConfig
+    from .training.train import train
     from .training.recipes import get_recipe
 
     if args.recipe:

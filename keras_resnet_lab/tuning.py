@@ -24,7 +24,7 @@ from .models import build_model
 from .training.config import TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
 from .training.run_state import write_atomic
-from .training.train import compile_model
+from .training.compiling import compile_model
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
 LOG_LR = {"min": 1e-4, "max": 3e-2, "sampling": "log"}
@@ -376,7 +376,7 @@ def _report(tuner, config, hypermodel, project_dir, train_best):
     result = TuneResult({k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")}, best, rows,
                         project_dir, tuner)
     if train_best:
-        from .training import train
+        from .training.train import train
 
         result.best_run = train(best)
     return result

@@ -222,7 +222,7 @@ def test_ema_weights_are_validated_and_kept(tmp_path):
 
 
 def test_steps_per_execution_default_follows_the_measurements():
-    from keras_resnet_lab.training.train import default_steps_per_execution
+    from keras_resnet_lab.training.compiling import default_steps_per_execution
 
     assert default_steps_per_execution(lab.build_model("baseline_cnn")) == 16
     assert default_steps_per_execution(lab.build_model("mnist_resnet")) == 16

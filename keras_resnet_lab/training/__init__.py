@@ -1,6 +1,9 @@
-"""Training: `TrainConfig`, `train`, recipes and model comparisons."""
+"""Training: `TrainConfig`, `train` (in `.train`), recipes and model comparisons.
+
+Only the TensorFlow-free parts load here; `keras_resnet_lab.train` and
+`keras_resnet_lab.training.train` load the training loop.
+"""
 
 from .config import Phase, TrainConfig
-from .train import TrainResult, train
 
-__all__ = ["Phase", "TrainConfig", "TrainResult", "train"]
+__all__ = ["Phase", "TrainConfig"]

@@ -1,9 +1,7 @@
 """`train`: one call from a model and a dataset to a trained, evaluated, plotted, resumable run."""
 
-import contextlib
 import dataclasses
 import json
-import math
 import shutil
 import sys
 from pathlib import Path
@@ -16,11 +14,11 @@ from ..errors import ConfigError, TrainingDiverged
 from ..models import build_model, flops_per_image, freeze, parameter_counts
 from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_mistakes, plot_samples
 from .callbacks import ResumablePlateau, RunKeeper
+from .compiling import compile_model, dtype_policy
 from .config import TrainConfig
 from .evaluation import classification_metrics, predict_labels
 from ..report import write_run_report
 from .run_state import RunState, save_model_atomic, write_atomic
-from .schedules import build_schedule
 
 # Settings that may differ between a run and its resumption without changing what it computes.
 _RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "export")
@@ -86,7 +84,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
     if state.finished:
         return _load_finished(run_dir, config, state)
     keras.utils.set_random_seed(config.seed)
-    with _dtype_policy(config.mixed_precision):
+    with dtype_policy(config.mixed_precision):
         bundle = dataset if isinstance(dataset, DatasetBundle) else _load_data(config)
         model = model if isinstance(model, keras.Model) else _build(config, bundle)
         if config.trainable_last is not None:
@@ -158,75 +156,6 @@ def _load_data(config):
 def _build(config, bundle):
     return build_model(config.model, input_shape=bundle.input_shape, num_classes=bundle.num_classes,
                        **config.model_options)
-
-
-@contextlib.contextmanager
-def _dtype_policy(mixed_precision):
-    """Mixed precision for the run only: float16 on GPUs, bfloat16 on CPUs."""
-    previous = keras.config.dtype_policy()
-    if mixed_precision:
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.config.set_dtype_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def make_optimizer(config, learning_rate):
-    """The Keras optimizer `config` names; weight decay skips biases and batch-norm parameters."""
-    common = dict(learning_rate=learning_rate, clipnorm=config.clipnorm, clipvalue=config.clipvalue,
-                  weight_decay=config.weight_decay or None)
-    if config.ema_momentum:
-        common.update(use_ema=True, ema_momentum=config.ema_momentum)
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **common)
-    elif config.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(**common)
-    elif config.optimizer == "adamw":
-        common["weight_decay"] = config.weight_decay or 0.004
-        optimizer = keras.optimizers.AdamW(**common)
-    else:
-        optimizer = keras.optimizers.RMSprop(momentum=config.momentum, **common)
-    if common["weight_decay"]:
-        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
-
-
-def _steps_per_epoch(num_train_examples):
-    return lambda batch_size: math.ceil(num_train_examples / batch_size)
-
-
-def default_steps_per_execution(model):
-    """Steps per `fit` call, measured on 2 CPU cores (see README, Performance).
-
-    16 steps per call speed the small batch-norm-free nets up (mnist_resnet 3,200 -> 5,200
-    images/s). The batch-norm ResNets gain nothing measurable from it with the fused batch norm
-    (cifar_resnet20: 677 at 1, 672 at 16), so they keep one step per call, and with it a
-    progress bar and NaN check after every step.
-    """
-    has_batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-    return 1 if has_batch_norm else 16
-
-
-def compile_model(model, config, spans, num_train_examples):
-    """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics).
-
-    `num_train_examples` sets the schedule's steps per epoch.
-    """
-    if config.schedule == "plateau":
-        learning_rate = spans[0][2]
-    else:
-        learning_rate = build_schedule(config, spans, _steps_per_epoch(num_train_examples))
-    if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(
-        optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
-        steps_per_execution=config.steps_per_execution or default_steps_per_execution(model),
-        jit_compile=config.jit_compile,
-    )
 
 
 def _restore(model, checkpoint):
