@@ -15,19 +15,13 @@ machine gives each process, and this shows it per epoch.
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
 
-from benchmarks.run import run_worker
+from benchmarks.run import cpu_seconds, run_worker
 
 BATCH = 64
-
-
-def _cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def _epoch_row(wall, cpu):
@@ -51,10 +45,10 @@ def keras_epochs(data_dir, epochs, quick):
 
     class Meter(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = (time.perf_counter(), _cpu_seconds())
+            self.start = (time.perf_counter(), cpu_seconds())
 
         def on_epoch_end(self, epoch, logs=None):
-            rows.append(_epoch_row(time.perf_counter() - self.start[0], _cpu_seconds() - self.start[1]))
+            rows.append(_epoch_row(time.perf_counter() - self.start[0], cpu_seconds() - self.start[1]))
 
     model.fit(bundle.train, epochs=epochs, verbose=0, callbacks=[Meter()])
     return rows
@@ -79,14 +73,14 @@ def torch_epochs(data_dir, epochs, quick):
     generator = torch.Generator().manual_seed(0)
     rows = []
     for _ in range(epochs):
-        start = (time.perf_counter(), _cpu_seconds())
+        start = (time.perf_counter(), cpu_seconds())
         model.train()
         for index in torch.randperm(len(y), generator=generator).split(BATCH):
             images = (random_affine(x[index], generator) - 0.1307) / 0.3081
             optimizer.zero_grad(set_to_none=True)
             loss_fn(model(images), y[index]).backward()
             optimizer.step()
-        rows.append(_epoch_row(time.perf_counter() - start[0], _cpu_seconds() - start[1]))
+        rows.append(_epoch_row(time.perf_counter() - start[0], cpu_seconds() - start[1]))
     return rows
 
 

@@ -70,6 +70,38 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds():
+    """This process's CPU seconds so far, all threads, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Windows:
+    """Timed windows: images/s, and the cores the process kept busy (CPU seconds / wall seconds).
+
+    Threads that sleep while they wait (TensorFlow's) show how many cores a window really had:
+    about 1.0 on a 2-core machine means it ran on one. Threads that spin (PyTorch's OpenMP) read
+    near 2.0 whenever they run.
+    """
+
+    def __init__(self):
+        self.rates, self.cores = [], []
+
+    def start(self):
+        self._start = (time.perf_counter(), cpu_seconds())
+
+    def stop(self, images):
+        wall = time.perf_counter() - self._start[0]
+        self.rates.append(images / wall)
+        self.cores.append((cpu_seconds() - self._start[1]) / wall)
+
+    def summary(self, skip=0):
+        """Median images/s and cores over the windows after the first `skip`, with each window kept."""
+        rates, cores = self.rates[skip:], self.cores[skip:]
+        return {"images_per_second": statistics.median(rates), "cores": statistics.median(cores),
+                "windows": [{"images_per_second": round(r, 1), "cores": round(c, 2)} for r, c in zip(rates, cores)]}
+
+
 def window_steps(case, quick):
     """(steps per timed window, windows): about 2 to 5 seconds a window on 2 CPU cores."""
     if quick:
@@ -114,18 +146,17 @@ def keras_throughput(case, quick):
         model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
         compile_model(model, config, config.resolved_phases(), count)
     steps, windows = window_steps(case, quick)
-    times = []
+    timed = Windows()
 
     class Clock(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
+            timed.start()
 
         def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
+            timed.stop(steps * case.batch)
 
     model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
-    rate = statistics.median(steps * case.batch / t for t in times[1:])  # the first epoch is the warm-up
-    return {"images_per_second": rate, "peak_rss_mb": peak_rss_mb(), "backend": backend,
+    return {**timed.summary(skip=1), "peak_rss_mb": peak_rss_mb(), "backend": backend,  # epoch 1 is the warm-up
             "device_name": _keras_device_name(backend, case),
             "steps_per_execution": model.steps_per_execution, "parameters": lab.parameter_counts(model)["trainable"]}
 
@@ -179,22 +210,27 @@ def keras_time_to_accuracy(data_dir, quick):
         recipe = recipe.replace(epochs=1, dataset_options={**recipe.dataset_options, "train_subset_per_class": 200})
     bundle = lab.load_dataset("mnist", data_dir=data_dir, batch_size=recipe.batch_size, seed=recipe.seed,
                               validation_split=recipe.validation_split, **recipe.dataset_options)
-    curve = []
+    curve, epochs = [], Windows()
 
     class TestAccuracy(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.start()
+
         def on_epoch_end(self, epoch, logs=None):
+            epochs.stop(bundle.num_examples["train"])  # before the test pass, which the seconds leave out
             y_true, y_pred, _ = predict_labels(self.model, bundle.test)
             curve.append(float(np.mean(y_true == y_pred)))
 
     result = lab.train(recipe.model, bundle, config=recipe, callbacks=[TestAccuracy()])
     seconds = np.cumsum([row["seconds"] for row in result.history])
-    return _tta(curve, seconds)
+    return _tta(curve, seconds, epochs)
 
 
-def _tta(curve, seconds):
+def _tta(curve, seconds, epochs):
     reached = [s for acc, s in zip(curve, seconds) if acc >= TARGET_ACCURACY]
     return {"seconds_to_target": float(reached[0]) if reached else None, "final_accuracy": curve[-1],
-            "epochs": len(curve), "total_seconds": float(seconds[-1]), "peak_rss_mb": peak_rss_mb()}
+            "epochs": len(curve), "total_seconds": float(seconds[-1]), "peak_rss_mb": peak_rss_mb(),
+            "cores": statistics.median(epochs.cores), "epoch_cores": [round(c, 2) for c in epochs.cores]}
 
 
 # ------------------------------------------------------------------ the PyTorch reference
@@ -237,12 +273,12 @@ def torch_throughput(case, quick, channels_last=False):
             torch.cuda.synchronize()
 
     run(steps)
-    rates = []
+    timed = Windows()
     for _ in range(windows):
-        start = time.perf_counter()
+        timed.start()
         run(steps)
-        rates.append(steps * case.batch / (time.perf_counter() - start))
-    return {"images_per_second": statistics.median(rates), "peak_rss_mb": peak_rss_mb(),
+        timed.stop(steps * case.batch)
+    return {**timed.summary(), "peak_rss_mb": peak_rss_mb(),
             "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "parameters": parameter_count(model)}
 
@@ -273,9 +309,10 @@ def torch_time_to_accuracy(data_dir, quick):
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe.learning_rate, total_steps=epochs * steps)
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(0)
-    curve, validation, seconds = [], [], []
+    curve, validation, seconds, timed = [], [], [], Windows()
     for _ in range(epochs):
         start = time.perf_counter()
+        timed.start()
         model.train()
         for index in torch.randperm(len(y), generator=generator).split(recipe.batch_size):
             images = (random_affine(x[index] * std + mean, generator) - mean) / std
@@ -287,9 +324,10 @@ def torch_time_to_accuracy(data_dir, quick):
         with torch.no_grad():  # the recipe validates every epoch (`train` picks the best epoch by it)
             validation.append(float((model(x_val).argmax(1) == y_val).float().mean()))
         seconds.append(time.perf_counter() - start)
+        timed.stop(len(y))
         with torch.no_grad():
             curve.append(float((model(x_test).argmax(1) == y_test).float().mean()))
-    return {**_tta(curve, np.cumsum(seconds)), "final_validation_accuracy": validation[-1]}
+    return {**_tta(curve, np.cumsum(seconds), timed), "final_validation_accuracy": validation[-1]}
 
 
 # ------------------------------------------------------------------ orchestration
@@ -329,7 +367,10 @@ def _median_of(samples):
     if not rates:
         return next((s for s in samples if "error" in s), {})
     first = next(s for s in samples if "images_per_second" in s)
+    cores = [s["cores"] for s in samples if "cores" in s]
     return {"images_per_second": statistics.median(rates), "samples": rates,
+            "cores": statistics.median(cores) if cores else None, "cores_samples": cores,
+            "windows": [s.get("windows", []) for s in samples if "images_per_second" in s],
             "peak_rss_mb": max(s["peak_rss_mb"] for s in samples if "peak_rss_mb" in s),
             **{key: first[key] for key in ("parameters", "backend", "device_name", "steps_per_execution") if key in first}}
 
@@ -377,7 +418,8 @@ def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
         reached = [r["seconds_to_target"] for r in done]
         middle = sorted(done, key=lambda r: r["seconds_to_target"] or float("inf"))[len(done) // 2]
         median = statistics.median(reached) if None not in reached else None
-        summary[side] = {**middle, "seconds_to_target": median, "samples": reached}
+        summary[side] = {**middle, "seconds_to_target": median, "samples": reached,
+                         "cores_samples": [r.get("cores") for r in done]}
     return summary
 
 
@@ -400,6 +442,10 @@ def _fmt(value, pattern="{:,.0f}"):
     return "-" if value is None else pattern.format(value)
 
 
+def _cores(ours, theirs):
+    return f"{_fmt(ours.get('cores'), '{:.2f}')} / {_fmt(theirs.get('cores'), '{:.2f}')}"
+
+
 def _samples(result):
     return ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
 
@@ -407,8 +453,8 @@ def _samples(result):
 def _print_row(row):
     ours, theirs = row["ours"], row["torch"]
     print(f"{row['case']:<40} {_fmt(ours.get('images_per_second')):>11} {_fmt(theirs.get('images_per_second')):>12} "
-          f"{_fmt(row['ratio'], '{:.2f}'):>6} {_fmt(ours.get('peak_rss_mb')):>8} {_fmt(theirs.get('peak_rss_mb')):>9} "
-          f"{_fmt(ours.get('parameters')):>11}", flush=True)
+          f"{_fmt(row['ratio'], '{:.2f}'):>6} {_cores(ours, theirs):>13} {_fmt(ours.get('peak_rss_mb')):>8} "
+          f"{_fmt(theirs.get('peak_rss_mb')):>9} {_fmt(ours.get('parameters')):>11}", flush=True)
     for side in (ours, theirs):
         if "error" in side:
             print(f"    error: {side['error']}")
@@ -444,7 +490,8 @@ def main(argv=None):
     elif args.only != "cpu" and not args.quick:
         print("No GPU visible to Keras: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
     rows = []
-    print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'ours MB':>8} {'torch MB':>9} {'params':>11}")
+    print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'cores ours/pt':>13} {'ours MB':>8} "
+          f"{'torch MB':>9} {'params':>11}")
     for case in cases:
         rows.append(measure_case(case, repeats, quick + reference, torch_ok))
         _print_row(rows[-1])
@@ -456,7 +503,8 @@ def main(argv=None):
         for side, result in tta.items():
             print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {_samples(result)}; "
                   f"final {_fmt(result.get('final_accuracy'), '{:.4f}')} after {result.get('epochs')} epochs, "
-                  f"{_fmt(result.get('total_seconds'), '{:.1f}')} s){'  error: ' + result['error'] if 'error' in result else ''}")
+                  f"{_fmt(result.get('total_seconds'), '{:.1f}')} s, {_fmt(result.get('cores'), '{:.2f}')} cores busy)"
+                  f"{'  error: ' + result['error'] if 'error' in result else ''}")
     else:
         print("\nTime-to-accuracy skipped: pass --data-dir (real MNIST) or set KERAS_RESNET_LAB_DATA.")
     _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats,
@@ -479,17 +527,20 @@ def _write(folder, rows, tta, settings):
             "date": time.strftime("%Y-%m-%d"), **settings}
     write_atomic(folder / "benchmark.json", json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta},
                                                        indent=1))
-    lines = ["| case | ours img/s | PyTorch img/s | ours/PyTorch | ours peak MB | PyTorch peak MB |", "|---|---|---|---|---|---|"]
+    lines = ["| case | ours img/s | PyTorch img/s | ours/PyTorch | cores busy ours / PyTorch | ours peak MB | PyTorch peak MB |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         ours, theirs = row["ours"], row["torch"]
         lines.append(f"| {row['case']} | {_fmt(ours.get('images_per_second'))} | {_fmt(theirs.get('images_per_second'))} | "
-                     f"{_fmt(row['ratio'], '{:.2f}')} | {_fmt(ours.get('peak_rss_mb'))} | {_fmt(theirs.get('peak_rss_mb'))} |")
+                     f"{_fmt(row['ratio'], '{:.2f}')} | {_cores(ours, theirs)} | {_fmt(ours.get('peak_rss_mb'))} | "
+                     f"{_fmt(theirs.get('peak_rss_mb'))} |")
     if tta:
         lines += ["", f"| time to {TARGET_ACCURACY:.1%} MNIST test accuracy | seconds (median) | runs | "
-                      "final accuracy | total seconds |", "|---|---|---|---|---|"]
+                      "final accuracy | total seconds | cores busy (median epoch) |", "|---|---|---|---|---|---|"]
         for side, result in tta.items():
             lines.append(f"| {side} | {_fmt(result.get('seconds_to_target'), '{:.1f}')} | {_samples(result)} | "
-                         f"{_fmt(result.get('final_accuracy'), '{:.4f}')} | {_fmt(result.get('total_seconds'), '{:.1f}')} |")
+                         f"{_fmt(result.get('final_accuracy'), '{:.4f}')} | {_fmt(result.get('total_seconds'), '{:.1f}')} | "
+                         f"{_fmt(result.get('cores'), '{:.2f}')} |")
     write_atomic(folder / "benchmark.md", "\n".join(lines) + "\n")
 
 
