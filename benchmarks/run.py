@@ -1,7 +1,7 @@
 """Training throughput and time-to-accuracy, ours against plain PyTorch, in one run.
 
     python -m benchmarks.run [--data-dir DIR] [--repeats 3] [--tta-repeats 3] [--quick] [--gpu] [--only cpu|gpu]
-                             [--torch-channels-last] [--out DIR]
+                             [--model NAME ...] [--torch-channels-last] [--out DIR]
 
 Every measurement runs in a fresh subprocess (so each has its own peak memory and thread
 pools), and each case alternates ours and PyTorch `--repeats` times: this machine's speed drifts
@@ -41,6 +41,7 @@ class Case:
     device: str = "cpu"
     mixed_precision: bool = False
     steps_per_execution: int = None  # None: `train`'s default for the model
+    cpu_replicas: int = 1  # `TrainConfig.cpu_replicas`
 
     @property
     def label(self):
@@ -48,7 +49,8 @@ class Case:
         precision = (" mixed fp16" if self.device == "gpu" else " mixed bf16") if self.mixed_precision else ""
         size = "x".join(map(str, self.shape[:2]))
         calls = f" spe{self.steps_per_execution}" if self.steps_per_execution else ""
-        return f"{self.model}{extra} {size} b{self.batch}{precision}{calls} {self.device}"
+        replicas = f" cpu_replicas={self.cpu_replicas}" if self.cpu_replicas > 1 else ""
+        return f"{self.model}{extra} {size} b{self.batch}{precision}{calls}{replicas} {self.device}"
 
 
 CPU_CASES = [
@@ -57,6 +59,9 @@ CPU_CASES = [
     Case("mnist_resnet", 128, (28, 28, 1)),
     Case("cifar_resnet20", 128, (32, 32, 3)),
     Case("resnet18", 128, (32, 32, 3)),
+    Case("baseline_cnn", 64, (28, 28, 1), cpu_replicas=2),
+    Case("baseline_cnn", 128, (28, 28, 1), cpu_replicas=2),
+    Case("mnist_resnet", 128, (28, 28, 1), cpu_replicas=2),
 ]
 GPU_CASES = [
     Case("resnet50", 128, (224, 224, 3), num_classes=1000, device="gpu", mixed_precision=True),
@@ -85,21 +90,27 @@ class Windows:
     """
 
     def __init__(self):
-        self.rates, self.cores = [], []
+        self.rates, self.cores, self.spans = [], [], []
 
     def start(self):
-        self._start = (time.perf_counter(), cpu_seconds())
+        self._start = (time.perf_counter(), cpu_seconds(), time.time())
 
     def stop(self, images):
         wall = time.perf_counter() - self._start[0]
         self.rates.append(images / wall)
         self.cores.append((cpu_seconds() - self._start[1]) / wall)
+        self.spans.append((self._start[2], time.time(), images))
 
     def summary(self, skip=0):
-        """Median images/s and cores over the windows after the first `skip`, with each window kept."""
-        rates, cores = self.rates[skip:], self.cores[skip:]
+        """Median images/s and cores over the windows after the first `skip`, with each window kept.
+
+        `timed_span` is when those windows ran (seconds since the epoch, for matching other logs
+        by time) and how many images they trained on.
+        """
+        rates, cores, spans = self.rates[skip:], self.cores[skip:], self.spans[skip:]
         return {"images_per_second": statistics.median(rates), "cores": statistics.median(cores),
-                "windows": [{"images_per_second": round(r, 1), "cores": round(c, 2)} for r, c in zip(rates, cores)]}
+                "windows": [{"images_per_second": round(r, 1), "cores": round(c, 2)} for r, c in zip(rates, cores)],
+                "timed_span": {"start": spans[0][0], "stop": spans[-1][1], "images": sum(s[2] for s in spans)}}
 
 
 def window_steps(case, quick):
@@ -124,6 +135,7 @@ def keras_throughput(case, quick):
 
     import keras_resnet_lab as lab
     from keras_resnet_lab.training.compiling import compile_model, dtype_policy, gpu_available
+    from keras_resnet_lab.training.replicas import replica_scope
 
     backend = keras.backend.backend()
     if case.device == "cpu" and backend != "tensorflow":
@@ -134,15 +146,17 @@ def keras_throughput(case, quick):
         tf.config.set_visible_devices([], "GPU")
     elif not gpu_available():
         return {"error": f"no GPU visible to Keras's {backend} backend"}
+    config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
+                             mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution,
+                             cpu_replicas=case.cpu_replicas).validate()
+    scope = replica_scope(config.cpu_replicas)  # as `train` does, before any TensorFlow op
     rng = np.random.default_rng(0)
     count = sample_count(case)
     x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)
     y = rng.integers(0, case.num_classes, count)
     data = _our_pipeline(x, y, case) if backend == "tensorflow" else _device_batches(x, y, case)
     options = {"stem": "small"} if case.model == "resnet18" else {}
-    config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
-                             mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution)
-    with dtype_policy(config.mixed_precision):  # exactly as `train` sets it
+    with dtype_policy(config.mixed_precision), scope:  # exactly as `train` sets them
         model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
         compile_model(model, config, config.resolved_phases(), count)
     steps, windows = window_steps(case, quick)
@@ -235,7 +249,7 @@ def _tta(curve, seconds, epochs):
 
 # ------------------------------------------------------------------ the PyTorch reference
 
-def torch_throughput(case, quick, channels_last=False):
+def torch_throughput(case, quick, channels_last=False, threads=None):
     import torch
 
     from benchmarks.torch_models import build, parameter_count
@@ -245,7 +259,7 @@ def torch_throughput(case, quick, channels_last=False):
     device = torch.device("cuda" if case.device == "gpu" else "cpu")
     torch.backends.cudnn.benchmark = True  # what a GPU training script sets: the fastest convolution per shape
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads or os.cpu_count())
     model, chw = build(case.model, case.num_classes)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
@@ -473,6 +487,8 @@ def main(argv=None):
     parser.add_argument("--only", choices=("cpu", "gpu"), help="run only the CPU or only the GPU cases")
     parser.add_argument("--torch-channels-last", action="store_true",
                         help="run the PyTorch reference in channels-last memory format (its tuned GPU setting)")
+    parser.add_argument("--model", action="append", choices=sorted({c.model for c in CPU_CASES + GPU_CASES}),
+                        help="only this model's cases, without time-to-accuracy (repeatable)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     for flag, value in (("--repeats", args.repeats), ("--tta-repeats", args.tta_repeats)):
@@ -489,6 +505,8 @@ def main(argv=None):
         cases += GPU_CASES
     elif args.only != "cpu" and not args.quick:
         print("No GPU visible to Keras: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
+    if args.model:
+        cases = [case for case in cases if case.model in args.model]
     rows = []
     print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'cores ours/pt':>13} {'ours MB':>8} "
           f"{'torch MB':>9} {'params':>11}")
@@ -496,7 +514,9 @@ def main(argv=None):
         rows.append(measure_case(case, repeats, quick + reference, torch_ok))
         _print_row(rows[-1])
     tta = {}
-    if args.data_dir:
+    if args.model:
+        print("\nTime-to-accuracy skipped: --model measures throughput only.")
+    elif args.data_dir:
         tta = measure_time_to_accuracy(args.data_dir, tta_repeats, quick, torch_ok)
         print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe, "
               f"median of {tta_repeats} alternating runs per side):")

@@ -270,3 +270,69 @@ def test_plateau_schedule_trains_through_train(tmp_path):
     result = lab.train(**tiny(tmp_path, epochs=3, schedule="plateau", phases=phases))
     rates = [row["learning_rate"] for row in result.history]
     assert rates[:2] == pytest.approx([0.002, 0.002]) and rates[2] == pytest.approx(0.0005)
+
+
+_REPLICAS_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import keras, numpy as np, tensorflow as tf
+    import keras_resnet_lab as lab
+    from keras_resnet_lab.errors import ConfigError
+    from keras_resnet_lab.training.replicas import replica_scope
+
+    run = lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=sys.argv[1],
+                    verbose="quiet")
+    # The same SGD steps on the same batches, 2 replicas against the default strategy.
+    batches = lab.load_dataset("digits", batch_size=64, seed=0).train.take(6).cache()
+    def sgd_steps(scope):
+        keras.utils.set_random_seed(0)
+        with scope:
+            model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1), num_classes=10)
+            model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        initial = model.get_weights()
+        model.fit(batches, epochs=1, verbose=0)
+        return initial, model.get_weights()
+    (initial, two), (_, one) = sgd_steps(replica_scope(2)), sgd_steps(replica_scope(1))
+    try:
+        lab.train("resnet18", "digits", model_options={"stem": "small"}, epochs=1, batch_size=64, cpu_replicas=2,
+                  run_dir=sys.argv[1] + "-bn", verbose="quiet")
+        refused = None
+    except ConfigError as error:
+        refused = str(error)
+    print("RESULT " + json.dumps({
+        "accuracy": run.metrics["accuracy"], "logical_cpus": len(tf.config.list_logical_devices("CPU")),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "largest_difference": max(float(np.abs(a - b).max()) for a, b in zip(two, one)),
+        "changed": max(float(np.abs(a - b).max()) for a, b in zip(two, initial)),
+        "batch_norm_refused": refused}))
+""")
+
+
+def test_cpu_replicas_train_the_same_model_on_every_core(tmp_path):
+    """A fresh process (TensorFlow's devices are fixed once it starts) trains with cpu_replicas=2."""
+    script = tmp_path / "replicas.py"
+    script.write_text(_REPLICAS_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], check=False, capture_output=True,
+                          text=True, timeout=600)
+    line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
+    assert line, done.stderr[-3000:]
+    result = json.loads(line[7:])
+    assert result["logical_cpus"] == 2 and result["intra_op_threads"] == 1
+    assert result["accuracy"] > 0.2  # one epoch of mnist_resnet on digits learns something
+    assert result["largest_difference"] < 1e-5  # the same update as one replica on the whole batch
+    assert result["changed"] > 1e-3  # ... after steps that moved the weights
+    assert "batch normalization" in result["batch_norm_refused"]
+    assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_cpu_replicas_are_refused_where_they_cannot_work(tmp_path):
+    import tensorflow as tf
+
+    tf.constant(0)  # this process has started TensorFlow with its default devices
+    with pytest.raises(lab.ConfigError, match="already run TensorFlow"):
+        lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=str(tmp_path / "a"))
+    with pytest.raises(lab.ConfigError, match="multiple of it"):
+        lab.train("mnist_resnet", "digits", epochs=1, batch_size=63, cpu_replicas=2, run_dir=str(tmp_path / "b"))
+    model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1))
+    with pytest.raises(lab.ConfigError, match="registered model name"):
+        lab.train(model, "digits", epochs=1, cpu_replicas=2, run_dir=str(tmp_path / "c"))

@@ -64,8 +64,12 @@ def default_steps_per_execution(model):
     (cifar_resnet20: 677 at 1, 672 at 16), so they keep one step per call, and with it a
     progress bar and NaN check after every step.
     """
-    has_batch_norm = any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
-    return 1 if has_batch_norm else 16
+    return 1 if has_batch_norm(model) else 16
+
+
+def has_batch_norm(model):
+    """Whether any layer of `model` is a batch normalization."""
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
 def compile_model(model, config, spans, num_train_examples):

@@ -64,6 +64,7 @@ class TrainConfig:
     mixed_precision: bool = False
     steps_per_execution: Optional[int] = None  # None: chosen per model, see train.default_steps_per_execution
     jit_compile: bool = False
+    cpu_replicas: int = 1  # >1: one replica per CPU core, see training.replicas
     run_dir: Optional[str] = None
     overwrite: bool = False
     export: bool = False
@@ -141,9 +142,20 @@ class TrainConfig:
                 "set validation_split (e.g. 0.1) or monitor='loss'."
             )
         self._validate_phases()
+        self._validate_cpu_replicas()
         if self.verbose not in ("auto", "quiet", "bar", "line", 0, 1, 2):
             raise ConfigError(choices_message("verbose", self.verbose, ("auto", "quiet", "bar", "line")))
         return self
+
+    def _validate_cpu_replicas(self):
+        _positive_int("cpu_replicas", self.cpu_replicas)
+        for _, _, _, batch_size in self.resolved_phases():
+            if batch_size % self.cpu_replicas:
+                raise ConfigError(
+                    f"cpu_replicas={self.cpu_replicas} splits each batch evenly, but batch_size {batch_size} "
+                    f"is not a multiple of it; use a batch size such as "
+                    f"{max(1, batch_size // self.cpu_replicas) * self.cpu_replicas}."
+                )
 
     def _validate_phases(self):
         for index, phase in enumerate(self.phases, start=1):
