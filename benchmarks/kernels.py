@@ -125,7 +125,7 @@ def side_by_side(ours, theirs):
     """Rows keyed by primitive and shape, largest first: (kind, propagation, shape, our row, theirs)."""
     keyed = {}
     for side, result in enumerate((ours, theirs)):
-        for row in result.get("rows", []):
+        for row in (result or {}).get("rows", []):
             key = (row["kind"], row["propagation"], row["shape"])
             keyed.setdefault(key, [None, None])[side] = row
     order = sorted(keyed.items(), key=lambda item: -max(r["ms_per_step"] for r in item[1] if r))

@@ -30,3 +30,15 @@ def test_problem_descriptors_read_as_shapes():
     assert describe("pooling", "mb128ic6_ih28oh14kh2sh2dh0ph0_iw28ow14kw2sw2dw0pw0") == "6 channels 2x2 at 28x28"
     assert describe("inner_product", "mb128ic784oc120") == "784->120"
     assert describe("gemm_api", "128x120:120x784") == "128x120:120x784"
+
+
+def test_kernel_table_prints_our_side_alone_without_pytorch():
+    from benchmarks.kernels import format_table
+    from benchmarks.run import CPU_CASES
+
+    ours = {"rows": [{"kind": "convolution", "propagation": "forward_training", "shape": "16->16 3x3 s1 at 14x14",
+                      "ms_per_step": 3.75, "calls_per_step": 4.0, "implementations": ["brg_conv_fwd:avx512_core"]}],
+            "step_ms": 28.69}
+    table = format_table(CPU_CASES[2], 1, ours, None)
+    assert "| convolution forward_training | 16->16 3x3 s1 at 14x14 | brg_conv_fwd:avx512_core | 3.75 | - | - |" in table
+    assert "| training step, wall clock | | | 28.69 | | - |" in table
