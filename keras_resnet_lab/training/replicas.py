@@ -7,7 +7,8 @@ With `cpu_replicas=N`, `train` instead runs `tf.distribute.MirroredStrategy` ove
 devices with one intra-op thread: each replica computes the gradient of 1/N of every batch on
 its own core, and the averaged gradient updates the one set of weights. Without batch
 normalization this is the same update as one replica on the whole batch (up to float
-rounding); with it, each replica would normalize with its own part of the batch, so batch-norm
+rounding), except for an epoch's last, partial batch, which each replica averages over its own
+share. With it, each replica would normalize with its own part of the batch, so batch-norm
 networks are refused.
 
 TensorFlow fixes its devices and threads when it starts, so the setting must come before any
