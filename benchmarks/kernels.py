@@ -25,7 +25,6 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import asdict
 
 from benchmarks.run import CPU_CASES, Case, run_worker
 
@@ -145,24 +144,22 @@ def format_table(case, threads, ours, theirs):
     for kind, propagation, shape, mine, other in side_by_side(ours, theirs):
         label = f"{kind} {propagation}" if propagation not in ("", "undef") else kind
         lines.append("| {} | {} | {} | {} | {} | {} |".format(label, shape, *_cell(mine), *_cell(other)))
-    totals = [sum(r["ms_per_step"] for r in side.get("rows", [])) if side else None for side in (ours, theirs)]
-    steps = [side.get("step_ms") if side else None for side in (ours, theirs)]
-    convolutions = [sum(r["ms_per_step"] for r in side.get("rows", []) if r["kind"] == "convolution")
-                    if side else None for side in (ours, theirs)]
-
-    def number(value):
-        return "-" if value is None else f"{value:.2f}"
-
-    lines.append(f"| all oneDNN primitives | | | {number(totals[0])} | | {number(totals[1])} |")
-    lines.append(f"| convolutions alone | | | {number(convolutions[0])} | | {number(convolutions[1])} |")
-    lines.append(f"| training step, wall clock | | | {number(steps[0])} | | {number(steps[1])} |")
+    summaries = (("all oneDNN primitives", lambda side: _milliseconds(side["rows"])),
+                 ("convolutions alone", lambda side: _milliseconds(side["rows"], "convolution")),
+                 ("training step, wall clock", lambda side: side["step_ms"]))
+    for label, figure in summaries:
+        mine, other = (f"{figure(side):.2f}" if side else "-" for side in (ours, theirs))
+        lines.append(f"| {label} | | | {mine} | | {other} |")
     return "\n".join(lines)
+
+
+def _milliseconds(rows, kind=None):
+    return sum(row["ms_per_step"] for row in rows if kind in (None, row["kind"]))
 
 
 def _worker(argv):
     framework, payload, threads = argv[:3]
-    fields = json.loads(payload)
-    case = Case(**{**fields, "shape": tuple(fields["shape"])})
+    case = Case.from_json(payload)
     print("RESULT " + json.dumps(measure(framework, case, int(threads), "--quick" in argv)))
 
 
@@ -187,7 +184,7 @@ def main(argv=None):
     for threads in args.threads:
         results = {}
         for framework in frameworks:
-            results[framework] = run_worker([framework, json.dumps(asdict(case)), str(threads), *quick],
+            results[framework] = run_worker([framework, case.to_json(), str(threads), *quick],
                                             timeout=1200, module="benchmarks.kernels")
             if "error" in results[framework]:
                 raise SystemExit(f"benchmarks.kernels: {framework} on {threads} thread(s) failed: "

@@ -52,6 +52,15 @@ class Case:
         replicas = f" cpu_replicas={self.cpu_replicas}" if self.cpu_replicas > 1 else ""
         return f"{self.model}{extra} {size} b{self.batch}{precision}{calls}{replicas} {self.device}"
 
+    def to_json(self):
+        """The case as a worker subprocess's argument."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text):
+        fields = json.loads(text)
+        return cls(**{**fields, "shape": tuple(fields["shape"])})
+
 
 CPU_CASES = [
     Case("baseline_cnn", 64, (28, 28, 1)),
@@ -350,8 +359,7 @@ def _worker(argv):
     kind, framework, payload = argv[:3]
     quick = "--quick" in argv
     if kind == "throughput":
-        fields = json.loads(payload)
-        case = Case(**{**fields, "shape": tuple(fields["shape"])})
+        case = Case.from_json(payload)
         if framework == "keras":
             result = keras_throughput(case, quick)
         else:
@@ -401,7 +409,7 @@ def _alternate(args, repeats, torch_ok, timeout=1200):
 
 def measure_case(case, repeats, flags, torch_ok):
     """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
-    ours, theirs = _alternate(["throughput", json.dumps(asdict(case)), *flags], repeats, torch_ok)
+    ours, theirs = _alternate(["throughput", case.to_json(), *flags], repeats, torch_ok)
     ours, theirs = _median_of(ours), _median_of(theirs)
     ratio = (ours["images_per_second"] / theirs["images_per_second"]
              if ours.get("images_per_second") and theirs.get("images_per_second") else None)

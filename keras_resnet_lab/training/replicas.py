@@ -19,6 +19,7 @@ It then holds for the rest of the process.
 import contextlib
 
 from ..errors import ConfigError
+from .compiling import has_batch_norm
 
 _STRATEGIES = {}
 _FIX = ("Set cpu_replicas in the first train call of a fresh Python process, before anything else runs "
@@ -63,8 +64,6 @@ def replica_scope(count):
 
 def check_replicable(model, count):
     """Refuses models whose batch normalization would see only part of each batch per replica."""
-    from .compiling import has_batch_norm
-
     if count > 1 and has_batch_norm(model):
         raise ConfigError(f"{model.name} uses batch normalization, which with cpu_replicas={count} would "
                           "normalize each replica's part of the batch on its own and so train a different "
