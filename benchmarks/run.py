@@ -144,7 +144,7 @@ def keras_throughput(case, quick):
 
     import keras_resnet_lab as lab
     from keras_resnet_lab.training.compiling import compile_model, dtype_policy, gpu_available
-    from keras_resnet_lab.training.replicas import replica_scope
+    from keras_resnet_lab.training.replicas import configure_cpu_replicas, split_batches
 
     backend = keras.backend.backend()
     if case.device == "cpu" and backend != "tensorflow":
@@ -158,14 +158,15 @@ def keras_throughput(case, quick):
     config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
                              mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution,
                              cpu_replicas=case.cpu_replicas).validate()
-    scope = replica_scope(config.cpu_replicas)  # as `train` does, before any TensorFlow op
+    if config.cpu_replicas > 1:
+        configure_cpu_replicas(config.cpu_replicas)  # as `train` does, before any TensorFlow op
     rng = np.random.default_rng(0)
     count = sample_count(case)
     x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)
     y = rng.integers(0, case.num_classes, count)
     data = _our_pipeline(x, y, case) if backend == "tensorflow" else _device_batches(x, y, case)
     options = {"stem": "small"} if case.model == "resnet18" else {}
-    with dtype_policy(config.mixed_precision), scope:  # exactly as `train` sets them
+    with dtype_policy(config.mixed_precision):  # exactly as `train` sets it
         model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
         compile_model(model, config, config.resolved_phases(), count)
     steps, windows = window_steps(case, quick)
@@ -178,7 +179,8 @@ def keras_throughput(case, quick):
         def on_epoch_end(self, epoch, logs=None):
             timed.stop(steps * case.batch)
 
-    model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
+    with split_batches(model, config.cpu_replicas):
+        model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
     return {**timed.summary(skip=1), "peak_rss_mb": peak_rss_mb(), "backend": backend,  # epoch 1 is the warm-up
             "device_name": _keras_device_name(backend, case),
             "steps_per_execution": model.steps_per_execution, "parameters": lab.parameter_counts(model)["trainable"]}

@@ -21,12 +21,13 @@ from .training import Phase, TrainConfig  # noqa: E402
 from .training.recipes import get_recipe, list_recipes  # noqa: E402
 
 _NEEDS_TENSORFLOW = ("DatasetBundle", "load_dataset", "export", "load_exported", "TrainResult", "train",
-                     "compare", "configs_for")
+                     "compare", "configs_for", "configure_cpu_replicas")
 
 if keras.backend.backend() == "tensorflow":
     from .data import DatasetBundle, load_dataset
     from .export import export, load_exported
     from .training.compare import compare, configs_for
+    from .training.replicas import configure_cpu_replicas
     from .training.train import TrainResult, train
 else:
     # The models build and compile on Keras's other backends (the GPU benchmark runs them on JAX);
@@ -43,6 +44,6 @@ else:
 __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "DatasetBundle", "LabError", "Phase", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "build_model", "compare", "configs_for", "export", "load_exported", "freeze", "get_recipe", "list_models",
+    "TrainingDiverged", "build_model", "compare", "configs_for", "configure_cpu_replicas", "export", "load_exported", "freeze", "get_recipe", "list_models",
     "list_recipes", "load_dataset", "parameter_counts", "print_parameter_summary", "train",
 ]

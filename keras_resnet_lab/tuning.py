@@ -23,6 +23,7 @@ from .errors import ConfigError, LabError, choices_message
 from .models import build_model
 from .training.config import TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
+from .training.replicas import configure_cpu_replicas, split_batches
 from .training.run_state import write_atomic
 from .training.compiling import compile_model
 
@@ -124,9 +125,10 @@ class LabHyperModel(kt.HyperModel):
         key = json.dumps(hp.values, sort_keys=True, default=str)
         start = time.perf_counter()
         epochs = epochs or self.base_config.epochs
-        history = model.fit(data.train, validation_data=data.validation, epochs=epochs, callbacks=callbacks,
-                            initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 1),
-                            shuffle=False)
+        with split_batches(model, config.cpu_replicas):
+            history = model.fit(data.train, validation_data=data.validation, epochs=epochs, callbacks=callbacks,
+                                initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 1),
+                                shuffle=False)
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
         # Written before the trial ends, so the chief of a distributed search sees every worker's.
         write_atomic(self.timings_path, json.dumps(self.timings, indent=1))
@@ -240,8 +242,10 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     if config.overwrite and project_dir.exists() and _is_chief():
         shutil.rmtree(project_dir)  # keras-tuner would too; this also drops our timings
     _check_trial_files(project_dir)
-    keras.utils.set_random_seed(config.seed)
     base = config.train
+    if base.cpu_replicas > 1:
+        configure_cpu_replicas(base.cpu_replicas)  # before any TensorFlow op, as in `train`
+    keras.utils.set_random_seed(config.seed)
     bundle = load_dataset(base.dataset, data_dir=base.data_dir, batch_size=base.batch_size,
                           validation_split=base.validation_split, seed=base.seed, **base.dataset_options)
     tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "tuner0")

@@ -277,22 +277,31 @@ _REPLICAS_SCRIPT = textwrap.dedent("""
     import keras, numpy as np, tensorflow as tf
     import keras_resnet_lab as lab
     from keras_resnet_lab.errors import ConfigError
-    from keras_resnet_lab.training.replicas import replica_scope
+    from keras_resnet_lab.training.replicas import split_batches
 
     run = lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=sys.argv[1],
                     verbose="quiet")
-    # The same SGD steps on the same batches, 2 replicas against the default strategy.
-    batches = lab.load_dataset("digits", batch_size=64, seed=0).train.take(6).cache()
-    def sgd_steps(scope):
+    # The same SGD steps on the same batches, split in 2 and whole. The last batch has one image,
+    # so one part is empty.
+    x, y = next(iter(lab.load_dataset("digits", batch_size=129, seed=0).train))
+    batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
+    def sgd_steps(count):
         keras.utils.set_random_seed(0)
-        with scope:
-            model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1), num_classes=10)
-            model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
-                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1), num_classes=10)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         initial = model.get_weights()
-        model.fit(batches, epochs=1, verbose=0)
-        return initial, model.get_weights()
-    (initial, two), (_, one) = sgd_steps(replica_scope(2)), sgd_steps(replica_scope(1))
+        with split_batches(model, count):
+            for _ in range(3):
+                model.fit(batches, epochs=1, verbose=0)
+        return initial, model.get_weights(), "call" in vars(model)
+    (initial, two, patched), (_, one, _) = sgd_steps(2), sgd_steps(1)
+    built = lab.build_model("mnist_resnet", input_shape=(8, 8, 1))
+    trained_built = lab.train(built, "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=sys.argv[1] + "-built",
+                              verbose="quiet")
+    from keras_resnet_lab.tuning import tune
+    search = tune("mnist_resnet", "digits", search_space={"learning_rate": [0.003]}, tuner="random", max_trials=1,
+                  max_epochs=1, batch_size=64, cpu_replicas=2, directory=sys.argv[1] + "-tuning", verbose="quiet")
     try:
         lab.train("resnet18", "digits", model_options={"stem": "small"}, epochs=1, batch_size=64, cpu_replicas=2,
                   run_dir=sys.argv[1] + "-bn", verbose="quiet")
@@ -300,16 +309,18 @@ _REPLICAS_SCRIPT = textwrap.dedent("""
     except ConfigError as error:
         refused = str(error)
     print("RESULT " + json.dumps({
-        "accuracy": run.metrics["accuracy"], "logical_cpus": len(tf.config.list_logical_devices("CPU")),
+        "accuracy": run.metrics["accuracy"], "built_accuracy": trained_built.metrics["accuracy"],
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "largest_difference": max(float(np.abs(a - b).max()) for a, b in zip(two, one)),
         "changed": max(float(np.abs(a - b).max()) for a, b in zip(two, initial)),
-        "batch_norm_refused": refused}))
+        "still_patched": patched, "batch_norm_refused": refused,
+        "tuned_accuracy": search.leaderboard[0]["score"] or 0.0}))
 """)
 
 
 def test_cpu_replicas_train_the_same_model_on_every_core(tmp_path):
-    """A fresh process (TensorFlow's devices are fixed once it starts) trains with cpu_replicas=2."""
+    """A fresh process (TensorFlow's thread pools are fixed once it starts) trains with cpu_replicas=2."""
     script = tmp_path / "replicas.py"
     script.write_text(_REPLICAS_SCRIPT)
     done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], check=False, capture_output=True,
@@ -317,12 +328,36 @@ def test_cpu_replicas_train_the_same_model_on_every_core(tmp_path):
     line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
     assert line, done.stderr[-3000:]
     result = json.loads(line[7:])
-    assert result["logical_cpus"] == 2 and result["intra_op_threads"] == 1
-    assert result["accuracy"] > 0.2  # one epoch of mnist_resnet on digits learns something
+    assert result["intra_op_threads"] == 1 and result["inter_op_threads"] == 2
+    assert result["accuracy"] > 0.2 and result["built_accuracy"] > 0.2  # one epoch on digits learns something
     assert result["largest_difference"] < 1e-5  # the same update as one replica on the whole batch
     assert result["changed"] > 1e-3  # ... after steps that moved the weights
+    assert not result["still_patched"]  # the model's own call is back after training
+    assert result["tuned_accuracy"] > 0.2  # a keras-tuner trial trains the same way
     assert "batch normalization" in result["batch_norm_refused"]
     assert (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_split_batches_runs_the_training_forward_pass_in_parts():
+    from keras_resnet_lab.training.replicas import split_batches
+
+    sizes = []
+    inputs = keras.Input((3,))
+    recorded = keras.layers.Lambda(lambda t: (sizes.append(t.shape[0]), t)[1])(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(recorded))
+    x = np.arange(21, dtype="float32").reshape(7, 3)
+    whole = model(x, training=True)
+    sizes.clear()
+    with split_batches(model, 2):
+        parts = model(x, training=True)
+        assert sizes == [3, 4]
+        model(x, training=False)  # inference sees the whole batch
+        one = model(x[:1], training=True)  # fewer examples than parts: padded, the padding's output dropped
+        assert sizes == [3, 4, 7, 1, 1] and one.shape == (1, 2)
+    np.testing.assert_allclose(parts, whole, rtol=1e-6)
+    np.testing.assert_allclose(one, whole[:1], rtol=1e-6)
+    model(x, training=True)
+    assert sizes == [3, 4, 7, 1, 1, 7]  # the model's own call is back
 
 
 def test_cpu_replicas_are_refused_where_they_cannot_work(tmp_path):
@@ -331,8 +366,8 @@ def test_cpu_replicas_are_refused_where_they_cannot_work(tmp_path):
     tf.constant(0)  # this process has started TensorFlow with its default devices
     with pytest.raises(lab.ConfigError, match="already run TensorFlow"):
         lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=str(tmp_path / "a"))
-    with pytest.raises(lab.ConfigError, match="multiple of it"):
-        lab.train("mnist_resnet", "digits", epochs=1, batch_size=63, cpu_replicas=2, run_dir=str(tmp_path / "b"))
+    with pytest.raises(lab.ConfigError, match="batch size of at least 2"):
+        lab.train("mnist_resnet", "digits", epochs=1, batch_size=1, cpu_replicas=2, run_dir=str(tmp_path / "b"))
     model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1))
-    with pytest.raises(lab.ConfigError, match="registered model name"):
+    with pytest.raises(lab.ConfigError, match="configure_cpu_replicas"):
         lab.train(model, "digits", epochs=1, cpu_replicas=2, run_dir=str(tmp_path / "c"))

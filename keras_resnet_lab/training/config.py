@@ -64,7 +64,7 @@ class TrainConfig:
     mixed_precision: bool = False
     steps_per_execution: Optional[int] = None  # None: chosen per model, see train.default_steps_per_execution
     jit_compile: bool = False
-    cpu_replicas: int = 1  # >1: one replica per CPU core, see training.replicas
+    cpu_replicas: int = 1  # >1: each batch split across that many CPU cores, see training.replicas
     run_dir: Optional[str] = None
     overwrite: bool = False
     export: bool = False
@@ -150,11 +150,10 @@ class TrainConfig:
     def _validate_cpu_replicas(self):
         _positive_int("cpu_replicas", self.cpu_replicas)
         for _, _, _, batch_size in self.resolved_phases():
-            if batch_size % self.cpu_replicas:
+            if batch_size < self.cpu_replicas:
                 raise ConfigError(
-                    f"cpu_replicas={self.cpu_replicas} splits each batch evenly, but batch_size {batch_size} "
-                    f"is not a multiple of it; use a batch size such as "
-                    f"{max(1, batch_size // self.cpu_replicas) * self.cpu_replicas}."
+                    f"cpu_replicas={self.cpu_replicas} splits each batch into that many parts, but batch_size "
+                    f"is {batch_size}; use a batch size of at least {self.cpu_replicas}, or fewer replicas."
                 )
 
     def _validate_phases(self):

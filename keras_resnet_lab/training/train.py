@@ -16,7 +16,7 @@ from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_m
 from .callbacks import ResumablePlateau, RunKeeper
 from .compiling import compile_model, dtype_policy
 from .config import TrainConfig
-from .replicas import check_replicable, replica_scope
+from .replicas import configure_cpu_replicas, split_batches
 from .evaluation import classification_metrics, predict_labels
 from ..report import write_run_report
 from .run_state import RunState, save_model_atomic, write_atomic
@@ -84,22 +84,18 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
     state = RunState.load(run_dir)
     if state.finished:
         return _load_finished(run_dir, config, state)
-    if isinstance(model, keras.Model) and config.cpu_replicas > 1:
-        raise ConfigError(f"cpu_replicas={config.cpu_replicas} builds the model on every replica: pass a "
-                          "registered model name instead of a built keras.Model, or leave cpu_replicas at 1.")
-    scope = replica_scope(config.cpu_replicas)  # before any TensorFlow op: it configures the runtime
+    if config.cpu_replicas > 1:
+        configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(config.mixed_precision):
         bundle = dataset if isinstance(dataset, DatasetBundle) else _load_data(config)
-        with scope:
-            model = _train_in_scope(model, bundle, config, state, run_dir, callbacks)
+        model = _train_model(model, bundle, config, state, run_dir, callbacks)
         return _finish(model, bundle, config, state, run_dir)
 
 
-def _train_in_scope(model, bundle, config, state, run_dir, callbacks):
+def _train_model(model, bundle, config, state, run_dir, callbacks):
     """Builds (unless given), compiles, resumes and fits `model`; returns it with its best weights."""
     model = model if isinstance(model, keras.Model) else _build(config, bundle)
-    check_replicable(model, config.cpu_replicas)
     if config.trainable_last is not None:
         freeze(model, config.trainable_last)
     spans = config.resolved_phases()
@@ -107,7 +103,8 @@ def _train_in_scope(model, bundle, config, state, run_dir, callbacks):
     if state.checkpoint:
         _restore(model, run_dir / state.checkpoint)
         _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
-    _fit_phases(model, bundle, config, spans, state, run_dir, list(callbacks))
+    with split_batches(model, config.cpu_replicas):
+        _fit_phases(model, bundle, config, spans, state, run_dir, list(callbacks))
     best = run_dir / "checkpoints" / "best.weights.h5"
     if best.is_file():
         model.load_weights(best)
