@@ -158,8 +158,7 @@ def keras_throughput(case, quick):
     config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
                              mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution,
                              cpu_replicas=case.cpu_replicas).validate()
-    if config.cpu_replicas > 1:
-        configure_cpu_replicas(config.cpu_replicas)  # as `train` does, before any TensorFlow op
+    configure_cpu_replicas(config.cpu_replicas)  # as `train` does, before any TensorFlow op
     rng = np.random.default_rng(0)
     count = sample_count(case)
     x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)

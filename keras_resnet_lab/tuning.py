@@ -243,8 +243,7 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
         shutil.rmtree(project_dir)  # keras-tuner would too; this also drops our timings
     _check_trial_files(project_dir)
     base = config.train
-    if base.cpu_replicas > 1:
-        configure_cpu_replicas(base.cpu_replicas)  # before any TensorFlow op, as in `train`
+    configure_cpu_replicas(base.cpu_replicas)  # before any TensorFlow op, as in `train`
     keras.utils.set_random_seed(config.seed)
     bundle = load_dataset(base.dataset, data_dir=base.data_dir, batch_size=base.batch_size,
                           validation_split=base.validation_split, seed=base.seed, **base.dataset_options)

@@ -282,7 +282,7 @@ _REPLICAS_SCRIPT = textwrap.dedent("""
     run = lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=sys.argv[1],
                     verbose="quiet")
     # The same SGD steps on the same batches, split in 2 and whole. The last batch has one image,
-    # so one part is empty.
+    # so it is padded to two parts of one.
     x, y = next(iter(lab.load_dataset("digits", batch_size=129, seed=0).train))
     batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
     def sgd_steps(count):
@@ -363,7 +363,7 @@ def test_split_batches_runs_the_training_forward_pass_in_parts():
 def test_cpu_replicas_are_refused_where_they_cannot_work(tmp_path):
     import tensorflow as tf
 
-    tf.constant(0)  # this process has started TensorFlow with its default devices
+    tf.constant(0)  # this process has started TensorFlow with its default thread pools
     with pytest.raises(lab.ConfigError, match="already run TensorFlow"):
         lab.train("mnist_resnet", "digits", epochs=1, batch_size=64, cpu_replicas=2, run_dir=str(tmp_path / "a"))
     with pytest.raises(lab.ConfigError, match="batch size of at least 2"):

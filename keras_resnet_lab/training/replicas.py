@@ -31,8 +31,8 @@ _FIX = ("Call keras_resnet_lab.configure_cpu_replicas({count}) at the start of t
 def configure_cpu_replicas(count):
     """Sets TensorFlow to run one op per core (1 intra-op thread) and `count` ops side by side.
 
-    Call it before anything else runs TensorFlow; `train` calls it for `cpu_replicas > 1`. A
-    second call that asks for no more parts than the first is a no-op.
+    Call it before anything else runs TensorFlow; `train` calls it with `cpu_replicas`. A count
+    of 1, or a second call that asks for no more parts than the first, changes nothing.
 
     Raises:
         ConfigError: TensorFlow already started with other thread pools, or a GPU is visible.
@@ -43,6 +43,8 @@ def configure_cpu_replicas(count):
         >>> model = lab.build_model("mnist_resnet")
         >>> lab.train(model, "mnist", cpu_replicas=2)
     """
+    if count == 1:
+        return
     import tensorflow as tf
 
     if tf.config.get_visible_devices("GPU"):

@@ -84,8 +84,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
     state = RunState.load(run_dir)
     if state.finished:
         return _load_finished(run_dir, config, state)
-    if config.cpu_replicas > 1:
-        configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
+    configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     keras.utils.set_random_seed(config.seed)
     with dtype_policy(config.mixed_precision):
         bundle = dataset if isinstance(dataset, DatasetBundle) else _load_data(config)
