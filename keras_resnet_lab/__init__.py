@@ -1,5 +1,9 @@
 """keras_resnet_lab: plain CNNs against residual networks on Keras 3, trained, tuned and shipped.
 
+Importing the package starts no framework: Keras and TensorFlow load on first use of a name
+that needs them (`build_model`, `load_dataset`, `train`, ...), so the command line's `--help`
+and listings answer at once.
+
 Example:
     >>> import keras_resnet_lab as lab
     >>> data = lab.load_dataset("digits", validation_split=0.1)
@@ -8,42 +12,53 @@ Example:
     >>> result.metrics["accuracy"]
 """
 
+import importlib
 import os
 
 # TensorFlow prints C++ INFO lines on import; a user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-import keras  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from .errors import ConfigError, DataError, LabError, TrainingDiverged  # noqa: E402
-from .models import build_model, freeze, list_models, parameter_counts, print_parameter_summary  # noqa: E402
-from .training import Phase, TrainConfig  # noqa: E402
+from .training.config import Phase, TrainConfig  # noqa: E402
 from .training.recipes import get_recipe, list_recipes  # noqa: E402
 
-_NEEDS_TENSORFLOW = ("DatasetBundle", "load_dataset", "export", "load_exported", "TrainResult", "train",
-                     "compare", "configs_for", "configure_cpu_replicas")
+__version__ = "0.2.0"
 
-if keras.backend.backend() == "tensorflow":
-    from .data import DatasetBundle, load_dataset
-    from .export import export, load_exported
-    from .training.compare import compare, configs_for
-    from .training.replicas import configure_cpu_replicas
-    from .training.train import TrainResult, train
-else:
-    # The models build and compile on Keras's other backends (the GPU benchmark runs them on JAX);
-    # the data pipeline, training loop and export are tf.data and SavedModel code.
-    def __getattr__(name):
-        if name in _NEEDS_TENSORFLOW:
+# name -> module that defines it, imported on first access.
+_LAZY = {
+    "build_model": ".models", "freeze": ".models", "list_models": ".models", "parameter_counts": ".models",
+    "print_parameter_summary": ".models", "portable_copy": ".models",
+    "DatasetBundle": ".data", "load_dataset": ".data",
+    "train": ".training.train", "TrainResult": ".training.train",
+    "compare": ".training.compare", "configs_for": ".training.compare",
+    "configure_cpu_replicas": ".training.replicas",
+    "export": ".export", "load_exported": ".export",
+    "tune": ".tuning", "TuneConfig": ".tuning", "TuneResult": ".tuning",
+}
+# Names whose code is tf.data or SavedModel code (the models also build on Keras's other backends).
+_NEEDS_TENSORFLOW = {".data", ".training.train", ".training.compare", ".training.replicas", ".export", ".tuning"}
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if module in _NEEDS_TENSORFLOW:
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
             raise AttributeError(
                 f"keras_resnet_lab.{name} needs Keras's TensorFlow backend; this process runs "
                 f"{keras.backend.backend()!r}. Unset KERAS_BACKEND or set it to 'tensorflow'."
             )
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-__version__ = "0.1.0"
-__all__ = [
-    "ConfigError", "DataError", "DatasetBundle", "LabError", "Phase", "TrainConfig", "TrainResult",
-    "TrainingDiverged", "build_model", "compare", "configs_for", "configure_cpu_replicas", "export", "load_exported", "freeze", "get_recipe", "list_models",
-    "list_recipes", "load_dataset", "parameter_counts", "print_parameter_summary", "train",
-]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["ConfigError", "DataError", "LabError", "Phase", "TrainConfig", "TrainingDiverged", "get_recipe",
+           "list_recipes", *sorted(_LAZY)]

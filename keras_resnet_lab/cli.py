@@ -33,8 +33,6 @@ def _overrides(args):
         values["overwrite"] = True
     if getattr(args, "quiet", False):
         values["verbose"] = "quiet"
-    if getattr(args, "export", False):
-        values["export"] = True
     for item in getattr(args, "set", None) or []:
         key, sep, text = item.partition("=")
         if not sep:
@@ -103,8 +101,16 @@ def cmd_train(args):
     if args.dataset:
         config = config.replace(dataset=args.dataset)
     result = train(_merge(config, _overrides(args)))
-    print(f"test accuracy {result.metrics['accuracy']:.4f}  macro F1 {result.metrics['f1_macro']:.4f}  "
-          f"run folder {result.run_dir}")
+    print(f"{result.metrics['split']} accuracy {result.metrics['accuracy']:.4f}  macro F1 "
+          f"{result.metrics['f1_macro']:.4f}  run folder {result.run_dir}")
+    if args.export:
+        _export(result.run_dir)
+
+
+def _export(run_dir):
+    from .export import export
+
+    print(f"Exported a SavedModel to {export(run_dir)}")
 
 
 def _run_compare(configs, run_dir, args):
@@ -125,23 +131,27 @@ def cmd_compare(args):
     if not (args.models and args.dataset) and not args.recipes:
         raise SystemExit("error: compare needs --models A B ... --dataset D, or --recipes R1 R2 ...")
     configs = configs_for(models=args.models, dataset=args.dataset if args.models else None, recipes=args.recipes)
-    _run_compare(configs, args.run_dir or f"runs/compare-{args.dataset or 'recipes'}", args)
+    result = _run_compare(configs, args.run_dir or f"runs/compare-{args.dataset or 'recipes'}", args)
+    if args.export:
+        for run in result.results:
+            _export(run.run_dir)
 
 
 def cmd_demo(args):
     from .training.compare import configs_for
     from .training.recipes import DEMO_RECIPES
 
-    export_best, args.export = args.export, False  # only the winner is exported
-    result = _run_compare(configs_for(recipes=DEMO_RECIPES), args.run_dir or "runs/demo", args)
-    best = max(result.results, key=lambda r: r.metrics["accuracy"])
-    target = result.run_dir / "best_model.keras"
-    shutil.copyfile(best.run_dir / "model.keras", target)
-    print(f"Best: {best.config.model} ({best.metrics['accuracy']:.4f} test accuracy), saved as {target}")
-    if export_best:
-        from .export import export
+    from .training.run_folder import MODEL
 
-        print(f"Exported a SavedModel to {export(best.run_dir)}")
+    result = _run_compare(configs_for(recipes=DEMO_RECIPES), args.run_dir or "runs/demo", args)
+    # The winner is chosen on validation data; the test split only reports how it does.
+    best = max(result.results, key=lambda r: max(r.history.get("val_accuracy") or [0.0]))
+    target = result.run_dir / "best_model.keras"
+    shutil.copyfile(best.run_dir / MODEL, target)
+    print(f"Best by validation accuracy: {best.config.model} ({best.metrics['accuracy']:.4f} test accuracy), "
+          f"saved as {target}")
+    if args.export:
+        _export(best.run_dir)
 
 
 def cmd_export(args):
@@ -219,6 +229,8 @@ def cmd_tune(args):
     if args.train_best:
         print(f"Best configuration retrained: test accuracy {result.best_run.metrics['accuracy']:.4f} "
               f"in {result.best_run.run_dir}")
+        if args.export:
+            _export(result.best_run.run_dir)
 
 
 def _set_distributed_env(args):
@@ -232,10 +244,13 @@ def _set_distributed_env(args):
 
 
 def build_parser():
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="keras-resnet-lab",
         description="Compare plain CNNs with residual networks on Keras 3: train, compare, tune, ship.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     models = sub.add_parser("models", help="list the model zoo with parameter counts")
     models.add_argument("--all", action="store_true", help="also count ResNet-101/152 (slower)")

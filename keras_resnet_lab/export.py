@@ -7,7 +7,6 @@ images (batch, height, width, channels) of any size with 1, 3 or 4 channels and 
 `probabilities` and `class_index`.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ import tensorflow as tf
 
 from .data.pipeline import Preprocessing, preprocess
 from .errors import ConfigError, LabError
+from .files import sha256_file
+from .training.run_folder import read_run
 
 MANIFEST = "manifest.sha256"
 METADATA = "assets/metadata.json"
@@ -66,32 +67,31 @@ def make_serving_function(model, prep):
     return serve
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _export_files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
 def _write_manifest(folder):
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    lines = [f"{_sha256(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    lines = [f"{sha256_file(folder / name)}  {name}" for name in _export_files(folder)]
     (folder / MANIFEST).write_text("\n".join(lines) + "\n")
 
 
 def verify_manifest(folder):
-    """Raises LabError if any file listed in the manifest is missing or changed."""
+    """Raises LabError unless the manifest lists every file of the export with its checksum."""
     folder = Path(folder)
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise LabError(f"{folder} has no {MANIFEST}: it was not exported by keras_resnet_lab, or is incomplete. Export it again.")
-    for line in manifest.read_text().splitlines():
-        expected, _, name = line.partition("  ")
+    listed = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines() if "  " in line)
+    unlisted = sorted(set(_export_files(folder)) - set(listed))
+    if unlisted or not listed:
+        raise LabError(f"Refusing {folder}: {', '.join(unlisted[:3]) or 'no file'} is not in {MANIFEST} (changed "
+                       "or added after export). Export the model again.")
+    for name, expected in listed.items():
         path = folder / name
         if not path.is_file():
             raise LabError(f"Refusing {folder}: {name} is missing (truncated export?). Export the model again.")
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise LabError(f"Refusing {folder}: {name} does not match its checksum (changed or corrupt). Export the model again.")
 
 
@@ -113,14 +113,9 @@ def _load_source(model_or_run_dir, preprocessing, class_names):
 
 def load_run(run_dir, preprocessing=None, class_names=None):
     """(model, preprocessing, class names, run name) of a finished run folder."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").is_file() or not (run_dir / "data.json").is_file():
-        raise ConfigError(f"{run_dir} is not a finished run folder (model.keras and data.json expected); train it first.")
-    contract = json.loads((run_dir / "data.json").read_text())
-    prep = contract["preprocessing"]
+    model, prep, names, name = read_run(run_dir)
     prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
-    model = keras.saving.load_model(run_dir / "model.keras")
-    return model, preprocessing or prep, class_names or contract["class_names"], run_dir.name
+    return model, preprocessing or prep, class_names or names, name
 
 
 def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, preprocessing=None,
@@ -150,6 +145,9 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
         raise ConfigError(f"{target} already exists; pass overwrite=True (--overwrite) or another version.")
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

@@ -6,32 +6,34 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .files import atomic_path
+
 
 def save_figure(figure, path):
     """Saves a matplotlib `Figure` as PNG through the Agg canvas, atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    tmp = path.with_name(f".tmp-{path.name}")
-    figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=100, bbox_inches="tight")
     return path
 
 
 def plot_curves(histories, path, title=None):
     """Loss and accuracy against epoch, train (solid) and validation (dashed), one colour per run.
 
-    `histories` maps a label to a list of per-epoch rows (`TrainResult.history`).
+    `histories` maps a label to a history as Keras' `History.history` holds it (a dict of lists,
+    as in `TrainResult.history`).
     """
     figure = Figure(figsize=(11, 4))
     axes = figure.subplots(1, 2)
-    for index, (label, rows) in enumerate(histories.items()):
+    for index, (label, history) in enumerate(histories.items()):
         color = f"C{index}"
-        epochs = [row["epoch"] for row in rows]
+        epochs = np.arange(1, len(history.get("loss", [])) + 1)
         for axis, metric in zip(axes, ("loss", "accuracy")):
-            axis.plot(epochs, [row.get(metric, np.nan) for row in rows], color=color, label=f"{label} train")
-            if any(f"val_{metric}" in row for row in rows):
-                axis.plot(epochs, [row.get(f"val_{metric}", np.nan) for row in rows], "--", color=color,
+            if metric in history:
+                axis.plot(epochs, np.asarray(history[metric], float), color=color, label=f"{label} train")
+            if f"val_{metric}" in history:
+                axis.plot(epochs, np.asarray(history[f"val_{metric}"], float), "--", color=color,
                           label=f"{label} validation")
     for axis, metric in zip(axes, ("loss", "accuracy")):
         axis.set_xlabel("epoch")
@@ -118,8 +120,16 @@ def default_activation_layers(model, per="stage"):
         blocks = list(last.values())
     if stem or blocks:
         return stem + blocks
-    return [layer.name for layer in model.layers if layer.__class__.__name__ in ("ReLU", "Activation")
-            and len(layer.output.shape) == 4]
+    maps = [layer for layer in model.layers if _is_feature_map(layer)]
+    activations = [layer.name for layer in maps if layer.__class__.__name__ in ("ReLU", "Activation")]
+    return activations or [layer.name for layer in maps if layer.__class__.__name__ == "Conv2D"]
+
+
+def _is_feature_map(layer):
+    try:
+        return len(layer.output.shape) == 4
+    except (AttributeError, ValueError):  # a layer never called symbolically (subclassed models)
+        return False
 
 
 def plot_activations(model, image, layers=None, path=None, max_maps=16, per="stage"):
@@ -135,12 +145,15 @@ def plot_activations(model, image, layers=None, path=None, max_maps=16, per="sta
     import keras
 
     layers = layers or default_activation_layers(model, per)
+    if not layers or not hasattr(model, "inputs") or not model.inputs:
+        return []  # nothing to probe: no feature-map layers, or a subclassed model
     unknown = [name for name in layers if name not in {layer.name for layer in model.layers}]
     if unknown:
         from .errors import ConfigError
 
         raise ConfigError(f"{model.name} has no layer(s) {unknown}; e.g. {default_activation_layers(model)}.")
-    probe = keras.Model(model.input, [model.get_layer(name).output for name in layers])
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    probe = keras.Model(inputs, [model.get_layer(name).output for name in layers])
     outputs = probe(np.asarray(image, np.float32)[None], training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     paths = []

@@ -1,7 +1,8 @@
 """keras-tuner searches over learning rates, block counts and other settings.
 
-The `HyperModel` builds with `build_model` and compiles with `train`'s own `compile_model`, so a
-tuned configuration means the same thing in `tune` and in `train`. Searches live in
+Every trial builds, prepares and fits its model through `training.fitting`, the path `train`
+takes, so a tuned setting (label smoothing, mixed precision, `trainable_last`, a schedule, EMA,
+early stopping) means exactly what it means in `train`. Searches live in
 `tuning/<project>/`: keras-tuner's trial files, a leaderboard, plots and `best.toml`, a config
 that `keras-resnet-lab train --config` accepts as is.
 """
@@ -20,12 +21,13 @@ import keras_tuner as kt
 
 from .data import load_dataset
 from .errors import ConfigError, LabError, choices_message
-from .models import build_model
-from .training.config import TrainConfig, read_config_file, write_toml
+from .files import markdown_table, write_text_atomic
+from .models import check_options
+from .training import fitting
+from .training.config import MONITORS, TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
-from .training.replicas import configure_cpu_replicas, split_batches
-from .training.run_state import write_atomic
-from .training.compiling import compile_model
+from .training.replicas import configure_cpu_replicas
+from .training.train import check_dataset_options
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
 LOG_LR = {"min": 1e-4, "max": 3e-2, "sampling": "log"}
@@ -96,8 +98,38 @@ def apply_values(config, values):
     return config.replace(**changes)
 
 
+def check_search_space(base, space):
+    """Applies every choice (and each range's ends) to `base` and validates it, before the search."""
+    if not isinstance(space, dict) or not space:
+        raise ConfigError(f"search_space must be a table of {{name: spec}}; received {space!r}.")
+    for name, spec in space.items():
+        define_hyperparameter(kt.HyperParameters(), name, spec)
+        if isinstance(spec, dict) and {"min", "max"} <= set(spec):
+            values = [spec["min"], spec["max"]]
+        elif isinstance(spec, dict):
+            values = spec.get("values", [spec.get("fixed")])
+        else:
+            values = list(spec) if isinstance(spec, (list, tuple)) else [spec]
+        for value in values:
+            try:
+                config = apply_values(base, {name: value}).validate()
+                check_options(config.model, config.model_options)
+            except ConfigError as error:
+                raise ConfigError(f"Search space {name!r}: the value {value!r} is not valid: {error}") from None
+
+
+def _merged(histories):
+    """One Keras `History` for a trial fitted in several phases."""
+    merged = keras.callbacks.History()
+    for history in histories:
+        merged.epoch += history.epoch
+        for key, values in history.history.items():
+            merged.history.setdefault(key, []).extend(values)
+    return merged
+
+
 class LabHyperModel(kt.HyperModel):
-    """Builds a zoo model for each trial and compiles it exactly as `train` would."""
+    """Builds, prepares and fits each trial's model through `training.fitting`, as `train` does."""
 
     def __init__(self, base_config, search_space, bundle, timings_path):
         super().__init__(name=base_config.model)
@@ -114,25 +146,20 @@ class LabHyperModel(kt.HyperModel):
 
     def build(self, hp):
         config = self.config_for(hp)
-        model = build_model(config.model, input_shape=self.bundle.input_shape, num_classes=self.bundle.num_classes,
-                            **config.model_options)
-        compile_model(model, config, config.resolved_phases(), self.bundle.num_examples["train"])
-        return model
+        model = fitting.build(config, self.bundle.input_shape, self.bundle.num_classes)
+        return fitting.prepare(model, config, self.bundle.num_examples["train"])
 
     def fit(self, hp, model, *args, callbacks=None, epochs=None, **kwargs):
         config = self.config_for(hp)
-        data = self.bundle.with_batch_size(config.batch_size)
         key = json.dumps(hp.values, sort_keys=True, default=str)
         start = time.perf_counter()
-        epochs = epochs or self.base_config.epochs
-        with split_batches(model, config.cpu_replicas):
-            history = model.fit(data.train, validation_data=data.validation, epochs=epochs, callbacks=callbacks,
-                                initial_epoch=kwargs.get("initial_epoch", 0), verbose=kwargs.get("verbose", 1),
-                                shuffle=False)
+        histories = fitting.fit(model, config, self.bundle, callbacks=list(callbacks or []),
+                                initial_epoch=kwargs.get("initial_epoch", 0), epochs=epochs or config.epochs,
+                                verbose=kwargs.get("verbose", 1))
         self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
         # Written before the trial ends, so the chief of a distributed search sees every worker's.
-        write_atomic(self.timings_path, json.dumps(self.timings, indent=1))
-        return history
+        write_text_atomic(self.timings_path, json.dumps(self.timings, indent=1))
+        return _merged(histories)
 
 
 @dataclasses.dataclass
@@ -169,6 +196,8 @@ class TuneConfig:
     def validate(self):
         if self.tuner not in TUNERS:
             raise ConfigError(choices_message("tuner", self.tuner, TUNERS))
+        if self.objective not in MONITORS:
+            raise ConfigError(choices_message("objective", self.objective, MONITORS))
         for name in ("max_trials", "max_epochs", "executions_per_trial"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -176,6 +205,9 @@ class TuneConfig:
         if self.objective.startswith("val_") and not self.train.validation_split:
             raise ConfigError(f"The objective {self.objective!r} needs a validation split; set validation_split.")
         self.train.validate()
+        check_options(self.train.model, self.train.model_options)
+        check_dataset_options(self.train.dataset_options)
+        check_search_space(self.train, self.search_space)
         return self
 
 
@@ -240,7 +272,7 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     config = _resolve(model, dataset, config, search_space, data_dir, settings)
     project_dir = Path(config.directory) / config.project_name
     if config.overwrite and project_dir.exists() and _is_chief():
-        shutil.rmtree(project_dir)  # keras-tuner would too; this also drops our timings
+        _clear_project(project_dir)
     _check_trial_files(project_dir)
     base = config.train
     configure_cpu_replicas(base.cpu_replicas)  # before any TensorFlow op, as in `train`
@@ -257,6 +289,14 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
         return None  # a worker of a distributed search: the chief writes the leaderboard
     _raise_if_all_failed(tuner, project_dir)
     return _report(tuner, config, hypermodel, project_dir, train_best)
+
+
+def _clear_project(project_dir):
+    """Deletes a keras-tuner project folder, and refuses any other folder."""
+    if not (project_dir / "oracle.json").is_file() and any(project_dir.iterdir()):
+        raise ConfigError(f"Refusing to overwrite {project_dir}: it holds files but no keras-tuner oracle.json, so it "
+                          "is not a search of ours. Choose another project_name or directory.")
+    shutil.rmtree(project_dir)
 
 
 def _is_chief():
@@ -320,11 +360,9 @@ def _write_leaderboard(rows, project_dir, objective):
               *[r["hyperparameters"].get(n, "") for n in names]] for r in rows]
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *table])
-    write_atomic(project_dir / "leaderboard.csv", buffer.getvalue())
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join("" if c is None else f"{c:.4g}" if isinstance(c, float) else str(c) for c in row) + " |"
-              for row in table]
-    write_atomic(project_dir / "leaderboard.md", "\n".join(lines) + "\n")
+    write_text_atomic(project_dir / "leaderboard.csv", buffer.getvalue())
+    cells = [["" if c is None else f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in table]
+    write_text_atomic(project_dir / "leaderboard.md", markdown_table(header, cells) + "\n")
 
 
 def _plot_objective(rows, project_dir, objective):

@@ -34,7 +34,7 @@ def test_a_run_writes_every_figure_and_a_report(run):
     grids = sorted(p.name for p in (plots / "activations").glob("*.png"))
     assert grids == ["activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
     markdown = (run.run_dir / "report.md").read_text()
-    assert "test accuracy" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
+    assert "Metrics (test split)" in markdown and "| accuracy |" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
     html = (run.run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "src='plots/" not in html  # self-contained
 

@@ -11,7 +11,7 @@ import keras_resnet_lab as lab
 from keras_resnet_lab.cli import main
 from keras_resnet_lab.training.schedules import PhasedSchedule
 
-QUICK = dict(verbose="quiet", steps_per_execution=4)
+QUICK = dict(verbose="quiet", steps_per_execution=4, reports=False)
 
 
 def tiny(tmp_path, **settings):
@@ -26,20 +26,21 @@ def test_few_steps_on_real_mnist(data_dir, tmp_path):
                        dataset_options={"train_subset_per_class": 100}, run_dir=str(tmp_path / "m"), **QUICK)
     assert result.metrics["num_examples"] == 10000
     assert result.metrics["accuracy"] > 0.5  # 900 examples, 2 epochs: far above chance (0.1)
-    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert len(result.history["loss"]) == 2
 
 
 def test_digits_run_folder_holds_every_artifact(tmp_path):
-    result = lab.train(lab.TrainConfig(**tiny(tmp_path, epochs=2)))
+    result = lab.train(lab.TrainConfig(**tiny(tmp_path, epochs=2, reports=True)))
     run = result.run_dir
-    for name in ["config.json", "state.json", "history.csv", "metrics.json", "model.keras",
+    for name in ["config.json", "identity.json", "state.json", "history.csv", "metrics.json", "model.keras",
                  "checkpoints/best.weights.h5", "plots/curves.png", "plots/confusion_matrix.png"]:
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics) >= {"accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"}
+    assert set(metrics) >= {"loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"}
     assert np.asarray(metrics["confusion_matrix"]).sum() == 360
-    assert set(result.history[0]) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+    assert set(result.history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"}
+    assert all(len(values) == 2 for values in result.history.values())  # Keras' History.history shape
     assert (run / "history.csv").read_text().count("\n") == 3
 
 
@@ -47,12 +48,12 @@ def test_a_finished_run_is_loaded_not_retrained(tmp_path, capsys):
     first = lab.train(**tiny(tmp_path))
     again = lab.train(**{**tiny(tmp_path), "verbose": "line"})
     assert "already trained" in capsys.readouterr().out
-    assert again.metrics == first.metrics and len(again.history) == 1
+    assert again.metrics == first.metrics and len(again.history["loss"]) == 1
 
 
 def test_other_settings_in_the_same_run_dir_are_refused(tmp_path):
     lab.train(**tiny(tmp_path))
-    with pytest.raises(ValueError, match="other settings.*learning_rate.*overwrite"):
+    with pytest.raises(ValueError, match="another run.*learning_rate: 0.001 -> 0.5.*overwrite"):
         lab.train(**tiny(tmp_path, learning_rate=0.5))
     assert lab.train(**tiny(tmp_path, learning_rate=0.5, overwrite=True)).config.learning_rate == 0.5
 
@@ -82,7 +83,7 @@ def test_schedules_give_the_learning_rates_they_promise():
 
 
 def test_nan_loss_stops_with_epoch_batch_and_advice(tmp_path):
-    with pytest.raises(lab.TrainingDiverged, match=r"epoch 1, batch \d+.*Lower the learning rate"):
+    with pytest.raises(lab.TrainingDiverged, match=r"epoch 1, step \d+.*Lower the learning rate"):
         lab.train(**tiny(tmp_path, optimizer="sgd", learning_rate=1e12, momentum=0.0, steps_per_execution=1))
     assert not (tmp_path / "run" / "model.keras").exists()
 
@@ -103,8 +104,9 @@ def test_settings_are_validated_before_training(tmp_path, settings, match):
 
 def test_early_stopping_restores_the_best_weights(tmp_path):
     result = lab.train(**tiny(tmp_path, epochs=6, learning_rate=1e-9, early_stopping_patience=1, monitor="val_loss"))
-    assert len(result.history) < 6
-    assert result.metrics["best_epoch"] == min(result.history, key=lambda r: r["val_loss"])["epoch"]
+    losses = result.history["val_loss"]
+    assert len(losses) < 6
+    assert result.metrics["best_epoch"] == 1 + losses.index(min(losses))
 
 
 def test_config_file_and_dataclass_fill_the_same_settings(tmp_path):
@@ -142,7 +144,7 @@ class Die(keras.callbacks.Callback):
 
 result = lab.train(model="mnist_resnet", dataset="digits", epochs=4, run_dir=sys.argv[1], verbose="line",
                    model_options={"num_blocks": 1}, steps_per_execution=4, callbacks=[Die()])
-print("EPOCHS", [row["epoch"] for row in result.history])
+print("EPOCHS", list(range(1, 1 + len(result.history["loss"]))))
 print("ITERATIONS", int(result.model.optimizer.iterations))
 """
 
@@ -232,11 +234,11 @@ def test_steps_per_execution_default_follows_the_measurements():
 
 def test_an_accuracy_tie_goes_to_the_epoch_with_the_lower_loss(tmp_path):
     from keras_resnet_lab.training.callbacks import RunKeeper
-    from keras_resnet_lab.training.run_state import RunState
+    from keras_resnet_lab.training.run_folder import RunFolder, RunState
 
     model = lab.build_model("baseline_cnn")
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    keeper = RunKeeper(tmp_path, RunState(), monitor="val_accuracy")
+    keeper = RunKeeper(RunFolder(tmp_path), RunState(), monitor="val_accuracy")
     keeper.set_model(model)
     epochs = [(0.90, 0.30), (0.95, 0.20), (0.95, 0.10), (0.95, 0.15), (0.93, 0.05)]
     for epoch, (accuracy, loss) in enumerate(epochs):
@@ -268,7 +270,7 @@ def test_plateau_patience_survives_a_resume():
 def test_plateau_schedule_trains_through_train(tmp_path):
     phases = [{"epochs": 2, "learning_rate": 0.002, "batch_size": 64}, {"epochs": 1, "learning_rate": 0.0005, "batch_size": 64}]
     result = lab.train(**tiny(tmp_path, epochs=3, schedule="plateau", phases=phases))
-    rates = [row["learning_rate"] for row in result.history]
+    rates = result.history["learning_rate"]
     assert rates[:2] == pytest.approx([0.002, 0.002]) and rates[2] == pytest.approx(0.0005)
 
 

@@ -158,3 +158,43 @@ def test_hyperband_runs_exactly_max_trials(tmp_path):
     config.tuner, config.max_epochs = "hyperband", 2  # one bracket alone would hold only 2 trials
     result = tune(config=config)
     assert len(result.leaderboard) == 3 and all(r["status"] == "COMPLETED" for r in result.leaderboard)
+
+
+def test_every_setting_means_in_a_trial_what_it_means_in_train(tmp_path):
+    """Label smoothing, mixed precision, trainable_last and the plateau schedule in a search: every
+    trial completes, and a trial's learning rates per epoch equal `train`'s for the same settings."""
+    settings = dict(model="mnist_resnet", dataset="digits", epochs=2, batch_size=64, steps_per_execution=4,
+                    label_smoothing=0.1, mixed_precision=True, trainable_last=3, schedule="plateau",
+                    learning_rate=0.01, step_gamma=0.5, early_stopping_patience=5, verbose="quiet")
+    result = tune(search_space={"learning_rate": [0.01]}, tuner="random", max_trials=1, max_epochs=2,
+                  directory=str(tmp_path / "tuning"), project_name="every", **settings)
+    assert [r["status"] for r in result.leaderboard] == ["COMPLETED"]
+    trial = next(iter(result.tuner.oracle.trials.values()))
+    tuned_rates = [entry.value for entry in trial.metrics.get_history("learning_rate")]
+    trained = lab.train(**settings, run_dir=str(tmp_path / "run"), reports=False)
+    assert tuned_rates == pytest.approx(trained.history["learning_rate"])
+    assert trained.model.get_layer("stage1_block1_1_conv").trainable is False  # frozen as in the trial
+    onecycle = dict(settings, schedule="onecycle", label_smoothing=0.0, mixed_precision=False, trainable_last=None)
+    result = tune(search_space={"learning_rate": [0.01]}, tuner="random", max_trials=1, max_epochs=2,
+                  directory=str(tmp_path / "tuning"), project_name="onecycle", **onecycle)
+    trial = next(iter(result.tuner.oracle.trials.values()))
+    tuned_rates = [entry.value for entry in trial.metrics.get_history("learning_rate")]
+    trained = lab.train(**onecycle, run_dir=str(tmp_path / "run-onecycle"), reports=False)
+    assert tuned_rates == pytest.approx(trained.history["learning_rate"]) and tuned_rates[0] != tuned_rates[1]
+
+
+@pytest.mark.parametrize("space,match", [
+    ({"optimizer": ["adam", "lion"]}, "'optimizer'.*'lion'.*Unknown optimizer"),
+    ({"model_options.num_block": [1, 2]}, "has no option 'num_block'"),
+])
+def test_a_search_space_value_that_train_would_refuse_is_refused_before_the_search(tmp_path, space, match):
+    with pytest.raises(lab.ConfigError, match=match):
+        tune("mnist_resnet", "digits", search_space=space, tuner="random", max_trials=1, max_epochs=1,
+             directory=str(tmp_path / "tuning"))
+    assert not (tmp_path / "tuning").exists()
+
+
+def test_a_mistyped_objective_is_refused_before_any_trial(tmp_path):
+    with pytest.raises(lab.ConfigError, match="Unknown objective 'val_acc'.*'val_accuracy'"):
+        tune("mnist_resnet", "digits", objective="val_acc", tuner="random", max_trials=1, max_epochs=1,
+             directory=str(tmp_path / "tuning"))

@@ -3,15 +3,13 @@
 This module imports no model code.
 """
 
-import dataclasses
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from ..errors import ConfigError, DataError, choices_message
-from .pipeline import Preprocessing, channel_stats, make_augmenter, make_dataset, parse_augment
+from .bundle import DatasetBundle, assemble, carve_validation
+from .pipeline import Preprocessing, channel_stats, parse_augment
 from .sources import (
     CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
 )
@@ -21,60 +19,11 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "image_folder")
 
 
-@dataclasses.dataclass
-class DatasetBundle:
-    """What `load_dataset` returns.
-
-    Attributes:
-        train, validation, test: batched `tf.data.Dataset`s of (float32 image, int32 label);
-            `validation` is None unless `validation_split` > 0.
-        num_classes, class_names, input_shape: what a model needs to know.
-        num_examples: {"train": n, "validation": n, "test": n}.
-        preprocessing: the `Preprocessing` applied (channels, size, padding, mean and std).
-        arrays: the uint8 arrays behind each split, {"train": (x, y), ...}, for plots and checks.
-    """
-
-    name: str
-    train: tf.data.Dataset
-    validation: Optional[tf.data.Dataset]
-    test: tf.data.Dataset
-    num_classes: int
-    class_names: list
-    input_shape: tuple
-    num_examples: dict
-    preprocessing: Preprocessing
-    arrays: dict
-    batch_size: int
-    augment: tuple = ()
-    seed: int = 0
-    source: str = ""
-
-    def with_batch_size(self, batch_size):
-        """The same data and transforms, batched by `batch_size` (for training phases)."""
-        if batch_size == self.batch_size:
-            return self
-        return _assemble(self.name, self.arrays, self.class_names, self.preprocessing, batch_size,
-                         self.augment, self.seed, self.source)
-
-
 def _subset_per_class(x, y, per_class, seed):
     order = np.random.default_rng(seed).permutation(len(y))
     keep = np.concatenate([order[y[order] == c][:per_class] for c in np.unique(y)])
     keep.sort()
     return x[keep], y[keep]
-
-
-def _carve_validation(x, y, fraction, seed):
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < fraction < 1:
-        raise ConfigError(f"validation_split must be in [0, 1); received {fraction!r}.")
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=fraction, random_state=seed, stratify=stratify
-    )
-    return (x_train, y_train), (x_val, y_val)
 
 
 def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download):
@@ -176,7 +125,7 @@ def load_dataset(
         x_train, y_train = _subset_per_class(x_train, y_train, train_subset_per_class, seed)
     arrays = {"train": (x_train, y_train), "test": (raw.x_test, raw.y_test)}
     if validation_split:
-        arrays["train"], arrays["validation"] = _carve_validation(x_train, y_train, validation_split, seed)
+        arrays["train"], arrays["validation"] = carve_validation(x_train, y_train, validation_split, seed)
     channels = channels or x_train.shape[-1]
     height, width = x_train.shape[1] + 2 * pad, x_train.shape[2] + 2 * pad
     mean = std = None
@@ -186,25 +135,16 @@ def load_dataset(
         mean, std = (tuple(float(v) for v in np.broadcast_to(s, (channels,))) for s in standardize)
     prep = Preprocessing(channels, image_size or (height, width), pad, mean, std, tuple(x_train.shape[1:3]))
     augment = parse_augment(augment, channels)
-    return _assemble(name, arrays, raw.class_names, prep, batch_size, augment, seed, raw.source)
+    options = dict(path=None if path is None else str(path), image_size=image_size, channels=channels, pad=pad,
+                   standardize=standardize, validation_split=validation_split, augment=list(augment),
+                   train_subset_per_class=train_subset_per_class, seed=seed)
+    return assemble(name, arrays, raw.class_names, prep, batch_size, augment, seed, raw.source, options)
 
 
-def _assemble(name, arrays, class_names, prep, batch_size, augment, seed, source):
-    augmenter = make_augmenter(augment)
-    splits = {
-        split: make_dataset(x, y, prep, batch_size,
-                            shuffle_seed=seed if split == "train" else None,
-                            augmenter=augmenter if split == "train" else None)
-        for split, (x, y) in arrays.items()
-    }
-    return DatasetBundle(
-        name=name, train=splits["train"], validation=splits.get("validation"), test=splits["test"],
-        num_classes=len(class_names), class_names=list(class_names),
-        input_shape=(*prep.image_size, prep.channels),
-        num_examples={split: len(y) for split, (_, y) in arrays.items()},
-        preprocessing=prep, arrays=arrays, batch_size=batch_size, augment=augment, seed=seed,
-        source=source,
-    )
+from .user import as_bundle  # noqa: E402  (it builds on load_dataset's helpers)
 
+LOAD_OPTIONS = ("path", "image_size", "channels", "pad", "standardize", "validation_split", "augment",
+                "train_subset_per_class", "seed", "cache_dir", "on_bad_file", "download")
 
-__all__ = ["DATA_ENV", "DATASETS", "DatasetBundle", "Preprocessing", "load_dataset", "CIFAR10_CLASSES", "DataError"]
+__all__ = ["DATA_ENV", "DATASETS", "LOAD_OPTIONS", "DatasetBundle", "Preprocessing", "as_bundle", "load_dataset",
+           "CIFAR10_CLASSES", "DataError"]

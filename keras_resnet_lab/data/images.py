@@ -3,7 +3,6 @@
 import hashlib
 import os
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..files import atomic_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 MAX_SIDE = 16384
@@ -126,15 +126,8 @@ def _cache_path(cache_dir, root, split, image_size, mode):
 
 
 def save_npz_atomic(path, **arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_split(root, split, *, image_size, mode, class_names, cache_dir, on_bad_file):

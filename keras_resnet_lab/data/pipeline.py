@@ -45,8 +45,12 @@ def convert_channels(images, channels):
 
 
 def to_model_size(images, prep):
-    """uint8 (N, H, W, C) -> float32 in [0, 1], converted, padded and resized as `prep` says."""
-    x = convert_channels(tf.cast(images, tf.float32) / 255.0, prep.channels)
+    """uint8 (N, H, W, C) -> float32 in [0, 1], converted, padded and resized as `prep` says.
+
+    Float images are taken as already scaled to [0, 1].
+    """
+    x = tf.cast(images, tf.float32)
+    x = convert_channels(x / 255.0 if images.dtype == tf.uint8 else x, prep.channels)
     if prep.pad:
         x = tf.pad(x, [[0, 0], [prep.pad, prep.pad], [prep.pad, prep.pad], [0, 0]])
     if tuple(x.shape[1:3]) != tuple(prep.image_size):

@@ -2,8 +2,9 @@
 
 from .flops import flops_per_image
 from .freeze import freeze, parameter_counts, print_parameter_summary
+from .layers import portable_copy
 from .mnist import baseline_cnn, lenet_resnet
-from .registry import build_model, get_spec, list_models, register
+from .registry import build_model, check_options, get_spec, list_models, register
 from .resnet import IMAGENET_STAGES, cifar_resnet, imagenet_resnet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -39,4 +40,4 @@ for _depth, (_block, _sizes) in IMAGENET_STAGES.items():
         depth=_depth, description=f"torchvision's ResNet-{_depth} ({_block} blocks {_sizes}); stem imagenet|small",
     )
 
-__all__ = ["build_model", "flops_per_image", "freeze", "get_spec", "list_models", "parameter_counts", "print_parameter_summary", "register"]
+__all__ = ["build_model", "check_options", "flops_per_image", "freeze", "get_spec", "list_models", "parameter_counts", "portable_copy", "print_parameter_summary", "register"]

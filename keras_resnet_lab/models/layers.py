@@ -108,24 +108,32 @@ class BatchNorm(layers.BatchNormalization):
         )
 
 
-class ChannelPad(layers.Layer):
-    """Zero-pads the channel axis: the parameter-free 'option A' shortcut of He et al. (2016)."""
-
-    def __init__(self, before, after, **kwargs):
-        super().__init__(**kwargs)
-        self.before = before
-        self.after = after
-
-    def call(self, x):
-        return keras.ops.pad(x, [[0, 0], [0, 0], [0, 0], [self.before, self.after]])
-
-    def compute_output_shape(self, input_shape):
-        channels = input_shape[-1]
-        return (*input_shape[:-1], None if channels is None else channels + self.before + self.after)
-
-    def get_config(self):
-        return {**super().get_config(), "before": self.before, "after": self.after}
+keras.saving.register_keras_serializable(package="keras_resnet_lab")(BatchNorm)
 
 
-for _layer in (BatchNorm, ChannelPad):
-    keras.saving.register_keras_serializable(package="keras_resnet_lab")(_layer)
+def portable_copy(model):
+    """An uncompiled copy of `model` with only Keras' own layers, for files that load without this package.
+
+    Each `BatchNorm` becomes the `keras.layers.BatchNormalization` it subclasses (the same
+    variables and inference math; only the training kernel differs), weights copied; the
+    optimizer (whose schedule may be this package's) is left out. A model `clone_model` cannot
+    rebuild (a subclassed model) comes back as is.
+    """
+    try:
+        copy = model.__class__.from_config(_plain_layers(model.get_config()))
+    except (NotImplementedError, TypeError, ValueError):
+        return model
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _plain_layers(config):
+    """A model config with every serialized `BatchNorm` turned into Keras' BatchNormalization."""
+    if isinstance(config, list):
+        return [_plain_layers(item) for item in config]
+    if not isinstance(config, dict):
+        return config
+    config = {key: _plain_layers(value) for key, value in config.items()}
+    if config.get("registered_name") == "keras_resnet_lab>BatchNorm":
+        config.update(module="keras.layers", class_name="BatchNormalization", registered_name=None)
+    return config

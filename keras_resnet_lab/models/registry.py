@@ -49,6 +49,18 @@ def get_spec(name):
     return _REGISTRY[name]
 
 
+def check_options(name, options):
+    """Refuses an unknown model name or option before anything is built (or written)."""
+    spec = get_spec(name)
+    if not isinstance(options, dict):
+        raise ConfigError(f"model_options must be a table of options; received {options!r}.")
+    allowed = spec.allowed_options()
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(f"Model {name!r} has no option {key!r}. Valid options: {', '.join(allowed)}.")
+    return spec
+
+
 def build_model(name, *, input_shape=None, num_classes=None, **options):
     """Builds the registered model `name` as a functional `keras.Model` that outputs logits.
 
@@ -66,13 +78,7 @@ def build_model(name, *, input_shape=None, num_classes=None, **options):
     Example:
         >>> model = build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small")
     """
-    spec = get_spec(name)
-    allowed = spec.allowed_options()
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(
-                f"Model {name!r} has no option {key!r}. Valid options: {', '.join(allowed)}."
-            )
+    spec = check_options(name, options)
     input_shape = tuple(input_shape or spec.input_shape)
     if len(input_shape) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape):
         raise ConfigError(

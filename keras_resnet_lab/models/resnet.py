@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from ..errors import ConfigError, choices_message
-from .layers import ChannelPad, activation_layer, check_activation, classifier_head, conv_bn
+from .layers import activation_layer, check_activation, classifier_head, conv_bn
 
 CIFAR_FILTERS = (16, 32, 64)
 IMAGENET_FILTERS = (64, 128, 256, 512)
@@ -31,7 +31,10 @@ def _shortcut(x, filters, strides, kind, name):
     if strides > 1:
         x = layers.MaxPooling2D(1, strides, name=f"{name}_shortcut_subsample")(x)
     extra = filters - x.shape[-1]
-    return ChannelPad(extra // 2, extra - extra // 2, name=f"{name}_shortcut_pad")(x)
+    # Zero channels on both sides. ZeroPadding2D in channels_first mode pads the last two axes,
+    # here (width, channels): a standard layer, so saved models load in plain Keras.
+    padding = ((0, 0), (extra // 2, extra - extra // 2))
+    return layers.ZeroPadding2D(padding, data_format="channels_first", name=f"{name}_shortcut_pad")(x)
 
 
 def _act(x, activation, dropout, name):

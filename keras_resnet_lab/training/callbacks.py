@@ -8,19 +8,37 @@ weights with optimizer state after every epoch.
 
 import math
 import time
-from pathlib import Path
 
 import keras
 
-from .run_state import save_weights_atomic
+from .run_folder import BEST
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds `learning_rate` to each epoch's logs: the rate the epoch's last step used.
+
+    `optimizer.learning_rate` already gives the next step's rate under a schedule. Runs before
+    the other callbacks, so the history, keras-tuner and the progress bar all see it.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        schedule = optimizer._learning_rate
+        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            value = schedule(keras.ops.maximum(optimizer.iterations - 1, 0))
+        else:
+            value = optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(value))
 
 
 class RunKeeper(keras.callbacks.Callback):
     """Checkpoints every epoch, keeps the best weights, stops early, and stops on NaN loss."""
 
-    def __init__(self, run_dir, state, monitor="val_accuracy", patience=None):
+    def __init__(self, folder, state, monitor="val_accuracy", patience=None):
         super().__init__()
-        self.run_dir = Path(run_dir)
+        self.folder = folder
         self.state = state
         self.monitor = monitor
         self.maximize = "acc" in monitor
@@ -35,47 +53,44 @@ class RunKeeper(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)) and self.diverged is None:
-            self.diverged = (self._epoch + 1, batch + 1, float(loss))
-            self.model.stop_training = True
+        if loss is None or math.isfinite(float(loss)) or self.diverged is not None:
+            return
+        # With steps_per_execution > 1 Keras reports once per group of steps, `batch` being the
+        # group's last index even past the epoch's end: name the group's real steps.
+        last = min(batch + 1, (self.params or {}).get("steps") or batch + 1)
+        first = max(batch + 2 - self.model.steps_per_execution, 1)
+        self.diverged = (self._epoch + 1, f"{first}-{last}" if first < last else str(last), float(loss))
+        self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if self.diverged:
             return
-        logs = dict(logs or {})
-        row = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-        row["learning_rate"] = self._last_learning_rate()
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         row["seconds"] = round(time.perf_counter() - self._epoch_start, 3)
         state = self.state
         state.history.append(row)
         state.epochs_done = epoch + 1
         self._track_best(row)
-        checkpoint = f"checkpoints/epoch-{epoch + 1:04d}.weights.h5"
-        save_weights_atomic(self.model, self.run_dir / checkpoint)
-        previous, state.checkpoint = state.checkpoint, checkpoint
-        state.save(self.run_dir)
-        if previous and previous != checkpoint:
-            (self.run_dir / previous).unlink(missing_ok=True)
+        self.folder.save_checkpoint(self.model, state, epoch + 1)
 
-    def _last_learning_rate(self):
-        """The rate the epoch's last step used (`optimizer.learning_rate` already gives the next)."""
-        optimizer = self.model.optimizer
-        schedule = optimizer._learning_rate
-        if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-            value = schedule(keras.ops.maximum(optimizer.iterations - 1, 0))
-        else:
-            value = optimizer.learning_rate
-        return float(keras.ops.convert_to_numpy(value))
+    def _monitored(self, row):
+        """The monitored value; a model compiled without accuracy falls back to its loss."""
+        if self.monitor not in row and self.maximize:
+            self.monitor = "val_loss" if self.monitor.startswith("val_") else "loss"
+            self.maximize = False
+        return row.get(self.monitor)
 
     def _track_best(self, row):
-        value = row.get(self.monitor)
+        value = self._monitored(row)
         state = self.state
         if value is None or not math.isfinite(value):
             return
         better = state.best is None or (value > state.best if self.maximize else value < state.best)
         if better or (value == state.best and self._lower_tie_loss(row)):
+            # The best weights are written before the state that names their epoch; a kill in
+            # between leaves best weights one epoch newer than state.best_epoch, never older.
             state.best, state.best_epoch, state.wait = value, row["epoch"], 0
-            save_weights_atomic(self.model, self.run_dir / "checkpoints" / "best.weights.h5")
+            self.folder.save_weights(self.model, BEST)
             return
         state.wait += 1
         if self.patience and state.wait >= self.patience:

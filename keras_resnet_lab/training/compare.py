@@ -6,12 +6,12 @@ from pathlib import Path
 
 import keras
 
+from ..files import markdown_table, write_text_atomic
 from ..plots import plot_curves
-from ..report import write_comparison_report
 from .config import TrainConfig
 from .recipes import get_recipe
-from .run_state import write_atomic
-from .train import train
+from .report import write_comparison_report
+from .train import resolve, train
 
 COLUMNS = ("model", "parameters", "epochs", "seconds_per_epoch", "test_accuracy", "test_f1_macro")
 
@@ -34,9 +34,7 @@ def format_table(rows, columns=COLUMNS):
             return f"{value:.4f}" if column.startswith("test_") else f"{value:.2f}"
         return f"{value:,}" if isinstance(value, int) else str(value)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(c, row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(columns, [[cell(c, row.get(c)) for c in columns] for row in rows])
 
 
 def configs_for(models=None, dataset=None, recipes=None, **settings):
@@ -57,17 +55,21 @@ def compare(configs, run_dir="runs/compare", **settings):
         >>> print(result.table())
     """
     run_dir = Path(run_dir)
+    configs = [config.replace(run_dir=str(run_dir / (config.recipe or config.model)), **settings) for config in configs]
+    for config in configs:  # every model, option and setting is checked before the first model trains
+        resolve(None, None, config, {})
     results, rows = [], []
-    for config in configs:
+    for index, config in enumerate(configs, start=1):
         name = config.recipe or config.model
-        config = config.replace(run_dir=str(run_dir / name), **settings)
+        if config.verbose != "quiet":
+            print(f"Model {index} of {len(configs)}: {name}", flush=True)
         keras.backend.clear_session()
         gc.collect()
         result = train(config)
         rows.append({**result.summary_row(), "run": name})
         result.model = None  # keep only the figures: models are reloadable from each run folder
         results.append(result)
-    write_atomic(run_dir / "comparison.md", format_table(rows) + "\n")
+    write_text_atomic(run_dir / "comparison.md", format_table(rows) + "\n")
     plot_curves({row["run"]: r.history for row, r in zip(rows, results)}, run_dir / "comparison_curves.png",
                 title="Model comparison")
     write_comparison_report(run_dir, results, [row["run"] for row in rows])

@@ -5,6 +5,7 @@ Nothing here imports TensorFlow, so the models compile the same way on Keras's o
 """
 
 import contextlib
+import copy
 import math
 
 import keras
@@ -33,7 +34,17 @@ def dtype_policy(mixed_precision):
 
 
 def make_optimizer(config, learning_rate):
-    """The Keras optimizer `config` names; weight decay skips biases and batch-norm parameters."""
+    """The Keras optimizer `config` names; weight decay skips biases and batch-norm parameters.
+
+    A serialized optimizer object (`config.optimizer` as a dict) is rebuilt with its own settings
+    and `learning_rate` (a number or a schedule) in place of its rate.
+    """
+    if isinstance(config.optimizer, dict):
+        spec = copy.deepcopy(config.optimizer)
+        spec["config"]["learning_rate"] = (keras.optimizers.schedules.serialize(learning_rate)
+                                           if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+                                           else learning_rate)
+        return keras.optimizers.deserialize(spec)
     common = dict(learning_rate=learning_rate, clipnorm=config.clipnorm, clipvalue=config.clipvalue,
                   weight_decay=config.weight_decay or None)
     if config.ema_momentum:
@@ -50,6 +61,16 @@ def make_optimizer(config, learning_rate):
     if common["weight_decay"]:
         optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer
+
+
+def learning_rate_for(config, spans, num_train_examples):
+    """A number (plateau: the first phase's rate, lowered by its callback), the user's own
+    schedule object, or the `PhasedSchedule` of `config`'s phases and shape."""
+    if isinstance(config.learning_rate, dict):
+        return keras.optimizers.schedules.deserialize(copy.deepcopy(config.learning_rate))
+    if config.schedule == "plateau":
+        return spans[0][2]
+    return build_schedule(config, spans, _steps_per_epoch(num_train_examples))
 
 
 def _steps_per_epoch(num_train_examples):
@@ -72,21 +93,21 @@ def has_batch_norm(model):
     return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
 
 
+def make_loss(config):
+    """Sparse categorical cross-entropy on logits; with label smoothing, its one-hot form."""
+    if config.label_smoothing:
+        return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
 def compile_model(model, config, spans, num_train_examples):
-    """Compiles `model` exactly as `train` does (optimizer, schedule, loss, metrics).
+    """Compiles `model` as every fit of this package does (optimizer, schedule, loss, metrics).
 
     `num_train_examples` sets the schedule's steps per epoch.
     """
-    if config.schedule == "plateau":
-        learning_rate = spans[0][2]
-    else:
-        learning_rate = build_schedule(config, spans, _steps_per_epoch(num_train_examples))
-    if config.label_smoothing:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-    else:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
-        optimizer=make_optimizer(config, learning_rate), loss=loss, metrics=["accuracy"],
+        optimizer=make_optimizer(config, learning_rate_for(config, spans, num_train_examples)),
+        loss=make_loss(config), metrics=["accuracy"],
         steps_per_execution=config.steps_per_execution or default_steps_per_execution(model),
         # On JAX a step without jit runs op by op; `jit_compile` chooses XLA on TensorFlow.
         jit_compile=config.jit_compile or keras.backend.backend() == "jax",

@@ -7,8 +7,9 @@ config is saved in the run directory.
 import dataclasses
 import json
 import math
+import typing
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from ..errors import ConfigError, choices_message
 
@@ -42,8 +43,10 @@ class TrainConfig:
     data_dir: Optional[str] = None
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    # A name, or a Keras optimizer's serialization (`train` accepts the object itself).
+    optimizer: Union[str, dict] = "adam"
+    # A number, or a Keras LearningRateSchedule's serialization (the object itself in `train`).
+    learning_rate: Union[float, dict] = 1e-3
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -62,13 +65,13 @@ class TrainConfig:
     trainable_last: Optional[int] = None
     seed: int = 0
     mixed_precision: bool = False
-    steps_per_execution: Optional[int] = None  # None: chosen per model, see train.default_steps_per_execution
+    steps_per_execution: Optional[int] = None  # None: chosen per model, see compiling.default_steps_per_execution
     jit_compile: bool = False
     cpu_replicas: int = 1  # >1: each batch split across that many CPU cores, see training.replicas
     run_dir: Optional[str] = None
     overwrite: bool = False
-    export: bool = False
-    verbose: str = "auto"
+    reports: bool = True  # plots and report pages at the end of the run
+    verbose: Union[str, int] = "auto"
     recipe: Optional[str] = None
 
     # ------------------------------------------------------------------ construction
@@ -80,7 +83,7 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"Unknown training setting(s) {unknown}. Valid settings: {', '.join(names)}.")
         config = cls(**values)
-        config.phases = [p if isinstance(p, Phase) else Phase(**p) for p in config.phases]
+        config.phases = _phases(config.phases)
         return config
 
     @classmethod
@@ -95,6 +98,10 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def identity(self):
+        """The settings that decide what a run computes (not where it is written or how it is shown)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUME_NEUTRAL}
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -113,15 +120,30 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self):
-        """Raises ConfigError on the first invalid setting; returns self."""
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        """Raises ConfigError on the first invalid setting (type, range or choice); returns self."""
+        self._validate_types()
+        if isinstance(self.optimizer, str):
+            _choice("optimizer", self.optimizer, OPTIMIZERS)
+        else:
+            _serialized("optimizer", self.optimizer, "keras.optimizers.serialize(optimizer)")
+        if isinstance(self.learning_rate, dict):
+            _serialized("learning_rate", self.learning_rate, "keras.optimizers.schedules.serialize(schedule)")
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("monitor", self.monitor, MONITORS)
         _positive_int("epochs", self.epochs)
         _positive_int("batch_size", self.batch_size)
         if self.steps_per_execution is not None:
             _positive_int("steps_per_execution", self.steps_per_execution)
-        _positive_float("learning_rate", self.learning_rate)
+        if not isinstance(self.learning_rate, dict):
+            _positive_float("learning_rate", self.learning_rate)
+        _positive_int("step_epochs", self.step_epochs)
+        if not 0 < self.step_gamma < 1:
+            raise ConfigError(f"step_gamma must be in (0, 1), the factor the rate is multiplied by, e.g. 0.1; "
+                              f"received {self.step_gamma!r}.")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0; received {self.seed!r}.")
+        if self.trainable_last is not None and self.trainable_last < 0:
+            raise ConfigError(f"trainable_last must be an integer >= 0; received {self.trainable_last!r}.")
         for name in ("weight_decay", "warmup_epochs", "label_smoothing", "validation_split"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a number >= 0; received {getattr(self, name)!r}.")
@@ -147,6 +169,15 @@ class TrainConfig:
             raise ConfigError(choices_message("verbose", self.verbose, ("auto", "quiet", "bar", "line")))
         return self
 
+    def _validate_types(self):
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), hints[field.name])
+        for table in ("model_options", "dataset_options"):
+            for key in getattr(self, table):
+                if not isinstance(key, str) or not key.isidentifier():
+                    raise ConfigError(f"{table} keys must be option names; received {key!r}.")
+
     def _validate_cpu_replicas(self):
         _positive_int("cpu_replicas", self.cpu_replicas)
         for _, _, _, batch_size in self.resolved_phases():
@@ -169,6 +200,51 @@ class TrainConfig:
                 f"The phases add up to {total} epochs but epochs is {self.epochs}; "
                 f"set epochs={total} or change the phases."
             )
+
+
+# Settings that may differ between a run and its resumption without changing what it computes.
+RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "cpu_replicas", "reports")
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table (dict)",
+               list: "a list", type(None): "unset (None)"}
+
+
+def _matches(value, kind):
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return _is_number(value)
+    return isinstance(value, kind)
+
+
+def _check_type(name, value, hint):
+    kinds = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    if not any(_matches(value, kind) for kind in kinds):
+        expected = " or ".join(_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+        raise ConfigError(f"{name} must be {expected}; received {value!r} ({type(value).__name__}).")
+
+
+def _serialized(name, value, how):
+    if not ({"class_name", "config"} <= set(value)):
+        raise ConfigError(f"{name} as a table must be a Keras serialization with class_name and config "
+                          f"(from {how}); received {value!r}.")
+
+
+def _phases(phases):
+    if not isinstance(phases, (list, tuple)):
+        raise ConfigError(f"phases must be a list of {{epochs, learning_rate, batch_size}} tables; received {phases!r}.")
+    result = []
+    for index, phase in enumerate(phases, start=1):
+        if isinstance(phase, Phase):
+            result.append(phase)
+            continue
+        if not isinstance(phase, dict) or not set(phase) <= {"epochs", "learning_rate", "batch_size"} or "epochs" not in phase:
+            raise ConfigError(f"phases[{index}] must be a table with epochs (and optionally learning_rate, batch_size); "
+                              f"received {phase!r}.")
+        result.append(Phase(**phase))
+    return result
 
 
 def _is_number(value):

@@ -13,7 +13,8 @@ def predict_labels(model, dataset):
     return true, probabilities.argmax(axis=1), probabilities
 
 
-def classification_metrics(y_true, y_pred, class_names):
+def classification_metrics(y_true, y_pred, probabilities, class_names):
+    """Accuracy, loss (cross-entropy), macro precision/recall/F1, per-class report, confusion matrix."""
     from sklearn.metrics import (
         accuracy_score, classification_report, confusion_matrix, precision_recall_fscore_support,
     )
@@ -22,7 +23,9 @@ def classification_metrics(y_true, y_pred, class_names):
     precision, recall, f1, _ = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
+    picked = probabilities[np.arange(len(y_true)), np.asarray(y_true, int)]
     return {
+        "loss": float(-np.mean(np.log(np.maximum(picked, 1e-12)))),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "precision_macro": float(precision),
         "recall_macro": float(recall),

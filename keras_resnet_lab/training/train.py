@@ -1,29 +1,28 @@
-"""`train`: one call from a model and a dataset to a trained, evaluated, plotted, resumable run."""
+"""`train`: one call from a model and data to a trained, evaluated, resumable run folder."""
 
 import dataclasses
-import json
-import shutil
 import sys
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 
-from ..data import DatasetBundle, load_dataset
-from ..errors import ConfigError, TrainingDiverged
-from ..models import build_model, flops_per_image, freeze, parameter_counts
-from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_mistakes, plot_samples
-from .callbacks import ResumablePlateau, RunKeeper
-from .compiling import compile_model, dtype_policy
+from ..data import LOAD_OPTIONS, DatasetBundle, as_bundle, load_dataset
+from ..errors import ConfigError, TrainingDiverged, choices_message
+from ..models import check_options, flops_per_image, parameter_counts
+from . import fitting
+from .callbacks import RunKeeper
 from .config import TrainConfig
-from .replicas import configure_cpu_replicas, split_batches
 from .evaluation import classification_metrics, predict_labels
-from ..report import write_run_report
-from .run_state import RunState, save_model_atomic, write_atomic
+from .replicas import configure_cpu_replicas
+from .report import write_run_report
+from .run_folder import RunFolder, data_contract, default_run_dir, run_identity
 
-# Settings that may differ between a run and its resumption without changing what it computes.
-_RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "export", "cpu_replicas")
-PLATEAU_PATIENCE = 3  # epochs without improvement before the "plateau" schedule multiplies the rate by step_gamma
+# Settings that decide how a model is compiled: giving any of them recompiles a user-compiled model.
+COMPILE_SETTINGS = frozenset({
+    "optimizer", "learning_rate", "momentum", "nesterov", "weight_decay", "schedule", "warmup_epochs", "step_epochs",
+    "step_gamma", "phases", "ema_momentum", "clipnorm", "clipvalue", "label_smoothing", "steps_per_execution",
+    "jit_compile", "trainable_last",
+})
 
 
 @dataclasses.dataclass
@@ -32,92 +31,97 @@ class TrainResult:
 
     Attributes:
         model: the trained `keras.Model`, with the best weights (by `config.monitor`) restored.
-        history: one dict per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate, seconds.
-        metrics: test-split accuracy, precision_macro, recall_macro, f1_macro, per_class,
-            confusion_matrix, and the model's parameter counts.
-        run_dir: the folder holding config, history.csv, checkpoints, model.keras, plots.
+        history: per-epoch values as Keras' `History.history` has them, a dict of lists: loss,
+            accuracy, val_loss, val_accuracy, learning_rate, seconds.
+        metrics: on the test split (the validation split when no test data was given, as
+            `metrics["split"]` says): loss, accuracy, precision_macro, recall_macro, f1_macro,
+            per_class, confusion_matrix; the model's parameter counts and FLOPs; best_epoch.
+        run_dir: the run folder (config, identity, history.csv, checkpoints, model.keras, plots).
         config: the resolved `TrainConfig`.
-        export_dir: the SavedModel version folder when `export=True`.
     """
 
     model: keras.Model
-    history: list
+    history: dict
     metrics: dict
     run_dir: Path
     config: TrainConfig
-    export_dir: Path = None
 
     def summary_row(self):
-        seconds = [row["seconds"] for row in self.history if "seconds" in row]
+        seconds = self.history.get("seconds", [])
         return {
             "model": self.config.model,
             "parameters": self.metrics.get("parameters", {}).get("trainable"),
-            "epochs": len(self.history),
+            "epochs": len(seconds),
             "seconds_per_epoch": round(sum(seconds) / len(seconds), 2) if seconds else None,
-            "test_accuracy": self.metrics["accuracy"],
-            "test_f1_macro": self.metrics["f1_macro"],
+            "test_accuracy": self.metrics.get("accuracy"),
+            "test_f1_macro": self.metrics.get("f1_macro"),
         }
 
 
-def train(model=None, dataset=None, config=None, *, callbacks=(), **settings):
+def train(model=None, dataset=None, config=None, *, callbacks=(), validation_data=None, test_data=None,
+          num_classes=None, class_names=None, **settings):
     """Trains `model` on `dataset` and returns a `TrainResult`; resumes an interrupted run.
 
     Args:
-        model: a registered model name, a `keras.Model`, or a `TrainConfig` (then `dataset` is
-            omitted).
-        dataset: a dataset name or the `DatasetBundle` from `load_dataset`.
-        config: a `TrainConfig` to start from; `**settings` override its fields
-            (epochs, batch_size, optimizer, learning_rate, schedule, phases, weight_decay,
-            clipnorm, label_smoothing, early_stopping_patience, mixed_precision, run_dir, ...).
+        model: a registered model name, any `keras.Model` (compiled or not), or a `TrainConfig`
+            (then `dataset` is omitted). A model the user compiled keeps its own compile unless
+            a setting about compiling (optimizer, learning_rate, schedule, ...) is given.
+        dataset: a dataset name, the `DatasetBundle` from `load_dataset`, a `tf.data.Dataset`
+            of (image, label), or NumPy arrays `(x, y)` (uint8 images, or floats in [0, 1]).
+        config: a `TrainConfig` to start from; `**settings` override its fields (epochs,
+            batch_size, optimizer (a name or a Keras optimizer), learning_rate (a number or a
+            Keras schedule), schedule, phases, weight_decay, label_smoothing, run_dir, ...).
         callbacks: extra Keras callbacks, run after the run's own checkpointing each epoch.
+        validation_data, test_data, num_classes, class_names: for arrays and `tf.data` data.
 
-    Rerunning the same call after an interruption continues from the last completed epoch;
-    a finished run is loaded, not retrained, unless `overwrite=True`.
+    The run folder's identity is the model's architecture, the data and the settings: the same
+    call resumes after an interruption (or loads a finished run, unless `overwrite=True`);
+    another model, data or settings in the same `run_dir` is refused with the difference named.
+    Without `run_dir`, each distinct run gets its own folder under `runs/`.
 
     Example:
         >>> result = train("baseline_cnn", "mnist", data_dir="data", epochs=15)
-        >>> result.metrics["accuracy"]
+        >>> result.metrics["accuracy"], result.history["val_accuracy"][-1]
     """
-    config, model, dataset = _resolve_config(model, dataset, config, settings)
-    config.validate()
-    run_dir = _prepare_run_dir(config)
-    state = RunState.load(run_dir)
-    if state.finished:
-        return _load_finished(run_dir, config, state)
+    config, model, dataset = resolve(model, dataset, config, settings)
+    keep_compile = isinstance(model, keras.Model) and model.compiled and not (settings.keys() & COMPILE_SETTINGS)
     configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     keras.utils.set_random_seed(config.seed)
-    with dtype_policy(config.mixed_precision):
-        bundle = dataset if isinstance(dataset, DatasetBundle) else _load_data(config)
-        model = _train_model(model, bundle, config, state, run_dir, callbacks)
-        return _finish(model, bundle, config, state, run_dir)
-
-
-def _train_model(model, bundle, config, state, run_dir, callbacks):
-    """Builds (unless given), compiles, resumes and fits `model`; returns it with its best weights."""
-    model = model if isinstance(model, keras.Model) else _build(config, bundle)
-    if config.trainable_last is not None:
-        freeze(model, config.trainable_last)
-    spans = config.resolved_phases()
-    compile_model(model, config, spans, bundle.num_examples["train"])
-    if state.checkpoint:
-        _restore(model, run_dir / state.checkpoint)
-        _say(config, f"Resuming {run_dir} after epoch {state.epochs_done}.")
-    with split_batches(model, config.cpu_replicas):
-        _fit_phases(model, bundle, config, spans, state, run_dir, list(callbacks))
-    best = run_dir / "checkpoints" / "best.weights.h5"
-    if best.is_file():
-        model.load_weights(best)
-    return model
+    bundle = _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model)
+    if dataset is not None:
+        config = _with_data(config, bundle, settings)
+    if keep_compile:
+        config = config.replace(optimizer=keras.optimizers.serialize(model.optimizer))
+    if not isinstance(model, keras.Model):
+        model = fitting.build(config, bundle.input_shape, bundle.num_classes)
+    identity = run_identity(config, model, bundle.identity(), model.get_compile_config() if keep_compile else None)
+    folder = RunFolder(config.run_dir or default_run_dir(config, identity))
+    config = config.replace(run_dir=str(folder.path))
+    state = folder.open(config, identity, overwrite=config.overwrite)
+    try:
+        if state.finished:
+            return _load_finished(folder, config, state)
+        fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile)
+        if state.checkpoint:
+            folder.restore(model, state)
+            _say(config, f"Resuming {folder.path} after epoch {state.epochs_done}.")
+        _fit(model, bundle, config, state, folder, list(callbacks))
+        folder.load_best(model)
+        return _finish(model, bundle, config, state, folder)
+    finally:
+        folder.unlock()
 
 
 # ---------------------------------------------------------------------------- set-up
 
-def _resolve_config(model, dataset, config, settings):
+def resolve(model, dataset, config, settings):
+    """(validated TrainConfig, model object or None, dataset object or None) from `train`'s arguments."""
     if isinstance(model, TrainConfig):
         config, model = model, None
-    config = config or TrainConfig()
-    if settings:
-        config = config.replace(**settings)
+    if config is not None and not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig; received {type(config).__name__}.")
+    settings = _serialize_objects(dict(settings))
+    config = (config or TrainConfig()).replace(**settings) if settings else (config or TrainConfig())
     if isinstance(model, str):
         config = config.replace(model=model)
     elif isinstance(model, keras.Model):
@@ -125,52 +129,57 @@ def _resolve_config(model, dataset, config, settings):
     elif model is not None:
         raise ConfigError(f"model must be a registered name, a keras.Model or a TrainConfig; received {type(model).__name__}.")
     if isinstance(dataset, str):
-        config = config.replace(dataset=dataset)
-    elif isinstance(dataset, DatasetBundle):
-        config = config.replace(dataset=dataset.name, batch_size=dataset.batch_size)
-    elif dataset is not None:
-        raise ConfigError(f"dataset must be a dataset name or a DatasetBundle; received {type(dataset).__name__}.")
+        config, dataset = config.replace(dataset=dataset), None
+    config.validate()
+    if model is None or isinstance(model, str):
+        check_options(config.model, config.model_options)
+    if dataset is None:
+        check_dataset_options(config.dataset_options)
     return config, model, dataset
 
 
-def _prepare_run_dir(config):
-    run_dir = Path(config.run_dir or Path("runs") / (config.recipe or f"{config.model}-{config.dataset}"))
-    saved = run_dir / "config.json"
-    if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif saved.is_file():
-        _check_same_run(config, json.loads(saved.read_text()), run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.run_dir = str(run_dir)
-    write_atomic(saved, config.to_json())
-    return run_dir
+def check_dataset_options(options):
+    """Refuses `dataset_options` that `load_dataset` does not take, before anything runs."""
+    for key in options:
+        if key not in LOAD_OPTIONS:
+            raise ConfigError(choices_message("dataset option", key, LOAD_OPTIONS))
 
 
-def _check_same_run(config, saved, run_dir):
-    current = config.to_dict()
-    changed = [k for k in current if k not in _RESUME_NEUTRAL and current[k] != saved.get(k)]
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed[:4])
-        raise ConfigError(
-            f"{run_dir} holds a run with other settings ({details}). Pass overwrite=True "
-            "(--overwrite) to replace it, or another run_dir (--run-dir)."
-        )
+def _serialize_objects(settings):
+    """Optimizer and schedule objects as their Keras serializations, so the config stays plain data."""
+    optimizer = settings.get("optimizer")
+    if isinstance(optimizer, keras.optimizers.Optimizer):
+        settings["optimizer"] = keras.optimizers.serialize(optimizer)
+        settings.setdefault("learning_rate", settings["optimizer"]["config"]["learning_rate"])
+    rate = settings.get("learning_rate")
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        settings["learning_rate"] = keras.optimizers.schedules.serialize(rate)
+    return settings
 
 
-def _load_data(config):
-    options = {"validation_split": config.validation_split, "seed": config.seed, **config.dataset_options}
-    return load_dataset(config.dataset, data_dir=config.data_dir, batch_size=config.resolved_phases()[0][3], **options)
+def _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model):
+    if dataset is None:
+        options = {"validation_split": config.validation_split, "seed": config.seed, **config.dataset_options}
+        return load_dataset(config.dataset, data_dir=config.data_dir, batch_size=config.resolved_phases()[0][3],
+                            **options)
+    if num_classes is None and class_names is None and isinstance(model, keras.Model):
+        num_classes = int(model.output_shape[-1])
+    return as_bundle(dataset, validation_data=validation_data, test_data=test_data, num_classes=num_classes,
+                     class_names=class_names, batch_size=config.batch_size, validation_split=config.validation_split,
+                     seed=config.seed)
 
 
-def _build(config, bundle):
-    return build_model(config.model, input_shape=bundle.input_shape, num_classes=bundle.num_classes,
-                       **config.model_options)
-
-
-def _restore(model, checkpoint):
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    model.load_weights(checkpoint)
+def _with_data(config, bundle, settings):
+    """The config as data given as an object really is: its name, options and validation split."""
+    split = bundle.options.get("validation_split") or 0.0
+    asked = settings.get("validation_split")
+    if asked is not None and asked != split and bundle.source not in ("arrays", "tf.data"):
+        raise ConfigError(f"The DatasetBundle was loaded with validation_split={split}; pass "
+                          f"validation_split={asked} to load_dataset instead.")
+    changes = {"dataset": bundle.name, "dataset_options": bundle.options, "validation_split": split}
+    if "batch_size" not in settings and not config.phases:
+        changes["batch_size"] = bundle.batch_size
+    return config.replace(**changes)
 
 
 # ---------------------------------------------------------------------------- training
@@ -187,101 +196,59 @@ def _say(config, message):
         print(message, flush=True)
 
 
-def _splits_for(bundle, batch_size, config):
-    data = bundle.with_batch_size(batch_size)
-    train_split, validation = data.train, data.validation
-    if config.label_smoothing:
-        def one_hot(images, labels):
-            return images, tf.one_hot(labels, bundle.num_classes)
-        train_split = train_split.map(one_hot)
-        validation = validation.map(one_hot) if validation is not None else None
-    return train_split, validation
-
-
-def _fit_phases(model, bundle, config, spans, state, run_dir, extra_callbacks):
-    monitor = config.monitor if bundle.validation is not None else config.monitor.removeprefix("val_")
-    keeper = RunKeeper(run_dir, state, monitor=monitor, patience=config.early_stopping_patience)
-    # With EMA, validation and checkpoints see the averaged weights (Keras swaps them in).
-    swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
-    callbacks = [*swap, keeper, keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard"), write_graph=False),
-                 *extra_callbacks]
-    plateau = None
-    if config.schedule == "plateau":
-        plateau = ResumablePlateau(state.history, monitor=monitor, mode="max" if keeper.maximize else "min",
-                                   factor=config.step_gamma, patience=PLATEAU_PATIENCE)
-        callbacks.append(plateau)
-    for start, end, learning_rate, batch_size in spans:
-        if state.epochs_done >= end or state.stopped_early:
-            continue
-        if plateau is not None:
-            plateau.first_epoch = start  # each phase starts its own patience count
-            if state.epochs_done <= start:
-                model.optimizer.learning_rate = learning_rate
-        train_split, validation = _splits_for(bundle, batch_size, config)
-        model.fit(
-            train_split, validation_data=validation, initial_epoch=max(start, state.epochs_done),
-            epochs=end, callbacks=callbacks, verbose=_verbosity(config.verbose), shuffle=False,
+def _fit(model, bundle, config, state, folder, callbacks):
+    if state.stopped_early or state.epochs_done >= config.epochs:
+        return
+    keeper = RunKeeper(folder, state, monitor=fitting.monitor_for(config, bundle.validation is not None),
+                       patience=config.early_stopping_patience)
+    if config.reports:
+        callbacks.insert(0, keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard), write_graph=False))
+    fitting.fit(model, config, bundle, callbacks=callbacks, initial_epoch=state.epochs_done, history=state.history,
+                keeper=keeper, verbose=_verbosity(config.verbose))
+    if keeper.diverged:
+        epoch, steps, loss = keeper.diverged
+        rate = state.history[-1]["learning_rate"] if state.history else config.resolved_phases()[0][2]
+        kept = f"the last good checkpoint is {folder / state.checkpoint}" if state.checkpoint else "no epoch had completed"
+        raise TrainingDiverged(
+            f"The loss became {loss} at epoch {epoch}, step {steps}; {kept}. Lower the learning rate "
+            f"(it was {rate}) or clip gradients (clipnorm=1.0), then rerun with overwrite=True."
         )
-        if keeper.diverged:
-            epoch, batch, loss = keeper.diverged
-            kept = f"the last good checkpoint is {run_dir / state.checkpoint}" if state.checkpoint else "no epoch had completed"
-            raise TrainingDiverged(
-                f"The loss became {loss} at epoch {epoch}, batch {batch} (learning rate {learning_rate:g}); "
-                f"{kept}. Lower the learning rate (e.g. {learning_rate / 10:g}) or clip gradients "
-                "(clipnorm=1.0), then rerun with overwrite=True."
-            )
 
 
 # ---------------------------------------------------------------------------- results
 
-def _finish(model, bundle, config, state, run_dir):
-    y_true, y_pred, probabilities = predict_labels(model, bundle.test)
-    metrics = classification_metrics(y_true, y_pred, bundle.class_names)
-    metrics["parameters"] = parameter_counts(model)
-    metrics["flops_per_image"] = flops_per_image(model)
-    metrics["best_epoch"] = state.best_epoch
-    metrics["epochs_trained"] = state.epochs_done
-    save_model_atomic(model, run_dir / "model.keras")
-    write_atomic(run_dir / "data.json", json.dumps(data_contract(bundle), indent=1))
-    write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1))
-    plot_curves({config.model: state.history}, run_dir / "plots" / "curves.png", title=f"{config.model} on {config.dataset}")
-    plot_confusion_matrix(metrics["confusion_matrix"], bundle.class_names, run_dir / "plots" / "confusion_matrix.png")
-    _plot_inside(model, bundle, y_true, y_pred, probabilities, run_dir / "plots")
+def _evaluation_split(bundle):
+    if bundle.test is not None:
+        return "test", bundle.test
+    if bundle.validation is not None:
+        return "validation", bundle.validation
+    raise ConfigError("There is no test or validation data to evaluate on: pass test_data or validation_data, "
+                      "or set validation_split.")
+
+
+def _finish(model, bundle, config, state, folder):
+    split, data = _evaluation_split(bundle)
+    y_true, y_pred, probabilities = predict_labels(model, data)
+    metrics = {"split": split, **classification_metrics(y_true, y_pred, probabilities, bundle.class_names),
+               "parameters": parameter_counts(model), "flops_per_image": flops_per_image(model),
+               "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done}
+    folder.save_results(model, metrics, data_contract(bundle))
+    result = TrainResult(model, history_of(state.history), metrics, folder.path, config)
+    if config.reports:
+        write_run_report(folder, result, bundle, (y_true, y_pred, probabilities))
     state.finished = True
-    state.save(run_dir)
-    _say(config, f"{config.model}: test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
-                 f"({state.epochs_done} epochs; run folder {run_dir})")
-    result = TrainResult(model, state.history, metrics, run_dir, config)
-    write_run_report(result)
-    return _maybe_export(result)
-
-
-def _plot_inside(model, bundle, y_true, y_pred, probabilities, folder):
-    """Sample images, the worst test errors, and activation grids of one test image."""
-    images, labels = bundle.arrays["test"]
-    plot_samples(images[:16], labels[:16], bundle.class_names, folder / "samples.png", title="Test samples")
-    plot_mistakes(y_true, y_pred, probabilities, images, bundle.class_names, folder / "mistakes.png")
-    first_batch = next(iter(bundle.test))[0]
-    plot_activations(model, first_batch[0].numpy(), path=folder / "activations")
-
-
-def _maybe_export(result):
-    if result.config.export:
-        from ..export import export
-
-        result.export_dir = export(result.run_dir)
-        _say(result.config, f"Exported a SavedModel to {result.export_dir}")
+    folder.save_state(state)
+    _say(config, f"{config.model}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
+                 f"({state.epochs_done} epochs; run folder {folder.path})")
     return result
 
 
-def data_contract(bundle):
-    """What a served model needs to know about its inputs: classes and preprocessing."""
-    return {"dataset": bundle.name, "class_names": bundle.class_names, "input_shape": list(bundle.input_shape),
-            "preprocessing": bundle.preprocessing.to_dict()}
+def history_of(rows):
+    """Per-epoch rows as Keras' `History.history`: {metric: [value per epoch]}."""
+    keys = dict.fromkeys(key for row in rows for key in row if key != "epoch")
+    return {key: [row.get(key) for row in rows] for key in keys}
 
 
-def _load_finished(run_dir, config, state):
-    _say(config, f"{run_dir} is already trained; loading it (pass overwrite=True to train again).")
-    model = keras.saving.load_model(run_dir / "model.keras")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    return _maybe_export(TrainResult(model, state.history, metrics, run_dir, config))
+def _load_finished(folder, config, state):
+    _say(config, f"{folder.path} is already trained; loading it (pass overwrite=True to train again).")
+    return TrainResult(folder.load_model(), history_of(state.history), folder.load_metrics(), folder.path, config)

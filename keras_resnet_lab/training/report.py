@@ -1,24 +1,25 @@
-"""Report pages (Markdown, and HTML with every image embedded) for a run and a comparison."""
+"""A run's plots and report pages (Markdown, and HTML with every image embedded), and a comparison's.
+
+Every figure skips what does not apply to the model or data: activation grids need a model
+whose feature maps can be probed, sample grids need the images in memory.
+"""
 
 import base64
 import html
 import json
 from pathlib import Path
 
-from .training.run_state import write_atomic
+from ..files import markdown_table, write_text_atomic
+from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_mistakes, plot_samples
+from .run_folder import PLOTS, REPORT_HTML, REPORT_MD
 
 METRIC_ROWS = (
-    ("test accuracy", "accuracy", "{:.4f}"), ("macro precision", "precision_macro", "{:.4f}"),
+    ("loss", "loss", "{:.4f}"), ("accuracy", "accuracy", "{:.4f}"), ("macro precision", "precision_macro", "{:.4f}"),
     ("macro recall", "recall_macro", "{:.4f}"), ("macro F1", "f1_macro", "{:.4f}"),
     ("epochs trained", "epochs_trained", "{}"), ("best epoch (validation)", "best_epoch", "{}"),
     ("seconds per epoch", "seconds_per_epoch", "{:.2f}"),
     ("trainable parameters", "trainable_parameters", "{:,}"), ("FLOPs per image", "flops_per_image", "{:,}"),
 )
-
-
-def _markdown_table(header, rows):
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _fmt(template, value):
@@ -53,14 +54,14 @@ def _write(folder, title, blocks):
         if kind == "h2":
             markdown.append(f"\n## {content}")
         elif kind == "table":
-            markdown.append(_markdown_table(*content))
+            markdown.append(markdown_table(*content))
         elif kind == "pre":
             markdown.append(f"```\n{content}\n```")
         elif kind == "image":
             markdown.append(f"![{content}]({content})")
-    write_atomic(folder / "report.md", "\n\n".join(markdown) + "\n")
-    write_atomic(folder / "report.html", _html(title, blocks, folder))
-    return folder / "report.md", folder / "report.html"
+    write_text_atomic(folder / REPORT_MD, "\n\n".join(markdown) + "\n")
+    write_text_atomic(folder / REPORT_HTML, _html(title, blocks, folder))
+    return folder / REPORT_MD, folder / REPORT_HTML
 
 
 def _images(folder, pattern):
@@ -69,21 +70,39 @@ def _images(folder, pattern):
 
 def run_summary(result):
     metrics = result.metrics
-    seconds = [row["seconds"] for row in result.history if "seconds" in row]
+    seconds = result.history.get("seconds", [])
     return {
-        **{k: metrics.get(k) for k in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "epochs_trained",
+        **{k: metrics.get(k) for k in ("loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "epochs_trained",
                                        "best_epoch", "flops_per_image")},
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
         "trainable_parameters": metrics.get("parameters", {}).get("trainable"),
     }
 
 
-def write_run_report(result):
-    """`report.md` and `report.html` in the run folder: config, metrics, every plot."""
-    folder = Path(result.run_dir)
+def draw_run_plots(folder, result, bundle, predictions):
+    """Curves, the confusion matrix, test samples, the worst errors and activation grids."""
+    plots = Path(folder) / PLOTS
+    config = result.config
+    plot_curves({config.model: result.history}, plots / "curves.png", title=f"{config.model} on {config.dataset}")
+    plot_confusion_matrix(result.metrics["confusion_matrix"], bundle.class_names, plots / "confusion_matrix.png",
+                          title=f"Confusion matrix ({result.metrics['split']})")
+    y_true, y_pred, probabilities = predictions
+    split = result.metrics["split"]
+    if bundle.arrays is not None and split in bundle.arrays:
+        images, labels = bundle.arrays[split]
+        plot_samples(images[:16], labels[:16], bundle.class_names, plots / "samples.png", title=f"{split} samples")
+        plot_mistakes(y_true, y_pred, probabilities, images, bundle.class_names, plots / "mistakes.png")
+    first_batch = next(iter(bundle.test if bundle.test is not None else bundle.validation))[0]
+    plot_activations(result.model, first_batch[0].numpy(), path=plots / "activations")
+
+
+def write_run_report(folder, result, bundle, predictions):
+    """The run's plots, then `report.md` and `report.html`: metrics, every plot, the configuration."""
+    folder = Path(getattr(folder, "path", folder))
+    draw_run_plots(folder, result, bundle, predictions)
     summary = run_summary(result)
     blocks = [
-        ("h2", "Metrics (test split)"),
+        ("h2", f"Metrics ({result.metrics['split']} split)"),
         ("table", (("metric", "value"), [(label, _fmt(t, summary.get(key))) for label, key, t in METRIC_ROWS])),
         ("h2", "Curves"), *[("image", p) for p in _images(folder, "plots/curves.png")],
         ("h2", "Confusion matrix"), *[("image", p) for p in _images(folder, "plots/confusion_matrix.png")],
@@ -112,5 +131,6 @@ def write_comparison_report(folder, results, names):
     for name in names:
         blocks += [("h2", name), *[("image", p) for p in _images(folder, f"{name}/plots/confusion_matrix.png")],
                    *[("image", p) for p in _images(folder, f"{name}/plots/activations/*.png")]]
-    write_atomic(folder / "comparison.json", json.dumps([dict(zip(header, r)) for r in rows], indent=1))
+    numbers = [{"run": name, "model": result.config.model, **run_summary(result)} for name, result in zip(names, results)]
+    write_text_atomic(folder / "comparison.json", json.dumps(numbers, indent=1))
     return _write(folder, "Model comparison", blocks)

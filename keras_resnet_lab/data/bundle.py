@@ -1,0 +1,111 @@
+"""`DatasetBundle`: the batched splits a model trains on, what they hold, and their identity."""
+
+import dataclasses
+import hashlib
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import ConfigError, DataError
+from .pipeline import Preprocessing, make_augmenter, make_dataset
+
+
+@dataclasses.dataclass
+class DatasetBundle:
+    """What `load_dataset` returns (and what `train` makes of arrays or `tf.data` datasets).
+
+    Attributes:
+        train, validation, test: batched `tf.data.Dataset`s of (float32 image, int32 label);
+            `validation` is None unless `validation_split` > 0 (or validation data was given),
+            `test` is None when no test data was given.
+        num_classes, class_names, input_shape: what a model needs to know.
+        num_examples: {"train": n, "validation": n, "test": n} (None where unknown).
+        preprocessing: the `Preprocessing` applied (channels, size, padding, mean and std).
+        arrays: the arrays behind each split, {"train": (x, y), ...}, for plots and checks;
+            None for data given as `tf.data` datasets.
+        options: the `load_dataset` options that made it (recorded in the run's identity).
+    """
+
+    name: str
+    train: tf.data.Dataset
+    validation: Optional[tf.data.Dataset]
+    test: Optional[tf.data.Dataset]
+    num_classes: int
+    class_names: list
+    input_shape: tuple
+    num_examples: dict
+    preprocessing: Preprocessing
+    arrays: Optional[dict]
+    batch_size: int
+    augment: tuple = ()
+    seed: int = 0
+    source: str = ""
+    options: dict = dataclasses.field(default_factory=dict)
+
+    def with_batch_size(self, batch_size):
+        """The same data and transforms, batched by `batch_size` (for training phases)."""
+        if batch_size == self.batch_size:
+            return self
+        if self.arrays is None:
+            def rebatch(dataset):
+                return None if dataset is None else dataset.unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+            return dataclasses.replace(self, train=rebatch(self.train), validation=rebatch(self.validation),
+                                       test=rebatch(self.test), batch_size=batch_size)
+        return assemble(self.name, self.arrays, self.class_names, self.preprocessing, batch_size, self.augment,
+                        self.seed, self.source, self.options)
+
+    def identity(self):
+        """What the data is: name, options, preprocessing, split sizes and a hash of its content."""
+        return {"name": self.name, "options": self.options, "preprocessing": self.preprocessing.to_dict(),
+                "augment": list(self.augment), "num_examples": self.num_examples, "content_sha256": self._content_hash()}
+
+    def _content_hash(self):
+        if self.arrays is None:  # a user's tf.data pipeline: its structure and size, not its content
+            digest = hashlib.sha256(str(self.train.element_spec).encode())
+            digest.update(str(int(self.train.cardinality())).encode())
+            return "tf.data:" + digest.hexdigest()
+        digest = hashlib.sha256()
+        for split in sorted(self.arrays):
+            for array in self.arrays[split]:
+                array = np.ascontiguousarray(array)
+                digest.update(f"{split}{array.dtype}{array.shape}".encode())
+                digest.update(memoryview(array).cast("B"))
+        return digest.hexdigest()
+
+
+def carve_validation(x, y, fraction, seed):
+    """A stratified (train, validation) split of the arrays, by `seed`."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise ConfigError(f"validation_split must be in [0, 1); received {fraction!r}.")
+    counts = np.bincount(y)
+    present = counts[counts > 0]
+    stratify = y if present.min() >= 2 else None
+    held_out = int(np.ceil(fraction * len(y)))
+    if stratify is not None and min(held_out, len(y) - held_out) < len(present):
+        raise DataError(f"validation_split={fraction} of {len(y)} training images cannot hold each of the "
+                        f"{len(present)} classes on both sides; use more images or validation_split=0.")
+    x_train, x_val, y_train, y_val = train_test_split(x, y, test_size=fraction, random_state=seed, stratify=stratify)
+    return (x_train, y_train), (x_val, y_val)
+
+
+def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source, options=None):
+    """A `DatasetBundle` of batched pipelines over in-memory `arrays` {split: (x, y)}."""
+    augmenter = make_augmenter(augment)
+    splits = {
+        split: make_dataset(x, y, prep, batch_size,
+                            shuffle_seed=seed if split == "train" else None,
+                            augmenter=augmenter if split == "train" else None)
+        for split, (x, y) in arrays.items()
+    }
+    return DatasetBundle(
+        name=name, train=splits["train"], validation=splits.get("validation"), test=splits.get("test"),
+        num_classes=len(class_names), class_names=list(class_names),
+        input_shape=(*prep.image_size, prep.channels),
+        num_examples={split: len(y) for split, (_, y) in arrays.items()},
+        preprocessing=prep, arrays=arrays, batch_size=batch_size, augment=augment, seed=seed,
+        source=source, options=dict(options or {}),
+    )
