@@ -57,12 +57,11 @@ def _tf_data_defaults(dataset):
 def keras_epochs(data_dir, epochs, quick, tf_data_defaults=False):
     import keras
 
-    import keras_resnet_lab as lab
-    from keras_resnet_lab.training.compiling import compile_model
+    from keras_resnet_lab.training import fitting
 
     recipe, bundle = _mnist_bundle(data_dir, quick)
-    model = lab.build_model(recipe.model, input_shape=bundle.input_shape, num_classes=10, **recipe.model_options)
-    compile_model(model, recipe, recipe.resolved_phases(), bundle.num_examples["train"])
+    model = fitting.build(recipe, bundle.input_shape, bundle.num_classes)
+    fitting.prepare(model, recipe, bundle.num_examples["train"])
     rows = []
 
     class Meter(keras.callbacks.Callback):
@@ -73,7 +72,7 @@ def keras_epochs(data_dir, epochs, quick, tf_data_defaults=False):
             rows.append(_epoch_row(time.perf_counter() - self.start[0], cpu_seconds() - self.start[1]))
 
     train = _tf_data_defaults(bundle.train) if tf_data_defaults else bundle.train
-    model.fit(train, epochs=epochs, verbose=0, callbacks=[Meter()])
+    fitting.fit(model, recipe, (train, None), epochs=epochs, callbacks=[Meter()])
     return rows
 
 

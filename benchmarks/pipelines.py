@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 
 import keras_resnet_lab as lab  # noqa: E402
-from keras_resnet_lab.training.compiling import compile_model  # noqa: E402
+from keras_resnet_lab.training import fitting  # noqa: E402
 
 CASES = [
     # (label, dataset, dataset options, model, model options, batch size)
@@ -52,13 +52,12 @@ def pipeline_rate(dataset, batch_size, steps, windows):
 
 def training_rate(bundle, model_name, model_options, steps, windows):
     keras.backend.clear_session()
-    model = lab.build_model(model_name, input_shape=bundle.input_shape, num_classes=bundle.num_classes, **model_options)
-    config = lab.TrainConfig(model=model_name, batch_size=bundle.batch_size)
-    compile_model(model, config, config.resolved_phases(), bundle.num_examples["train"])
-    data = bundle.train.repeat()
+    config = lab.TrainConfig(model=model_name, model_options=model_options, batch_size=bundle.batch_size, epochs=1)
+    model = fitting.prepare(fitting.build(config, bundle.input_shape, bundle.num_classes), config,
+                            bundle.num_examples["train"])
 
     def window(n):
-        model.fit(data, steps_per_epoch=n, epochs=1, verbose=0, shuffle=False)
+        fitting.fit(model, config, (bundle.train, None), steps_per_epoch=n)
 
     return images_per_second(window, bundle.batch_size, steps, windows)
 

@@ -7,7 +7,7 @@ Every measurement runs in a fresh subprocess (so each has its own peak memory an
 pools), and each case alternates ours and PyTorch `--repeats` times: this machine's speed drifts
 by up to 30% over minutes, and interleaving keeps the drift out of the ratio. Throughput is the
 median images/s of several timed windows after a warm-up, through `train`'s own code path (our
-tf.data pipeline, `compile_model`, `model.fit`) against a plain PyTorch loop over in-memory
+tf.data pipeline and `training.fitting`, the path `train` takes) against a plain PyTorch loop over in-memory
 tensors with the same network, batch size and optimizer (Adam); each side's figure is the median
 of its repeats. Time-to-accuracy is the training seconds the MNIST baseline recipe needs to reach
 99.0% test accuracy, against PyTorch running the same recipe (network, one-cycle Adam, batch 64,
@@ -143,8 +143,9 @@ def keras_throughput(case, quick):
     import numpy as np
 
     import keras_resnet_lab as lab
-    from keras_resnet_lab.training.compiling import compile_model, dtype_policy, gpu_available
-    from keras_resnet_lab.training.replicas import configure_cpu_replicas, split_batches
+    from keras_resnet_lab.training import fitting
+    from keras_resnet_lab.training.compiling import gpu_available
+    from keras_resnet_lab.training.replicas import configure_cpu_replicas
 
     backend = keras.backend.backend()
     if case.device == "cpu" and backend != "tensorflow":
@@ -155,20 +156,18 @@ def keras_throughput(case, quick):
         tf.config.set_visible_devices([], "GPU")
     elif not gpu_available():
         return {"error": f"no GPU visible to Keras's {backend} backend"}
-    config = lab.TrainConfig(model=case.model, batch_size=case.batch, optimizer="adam", learning_rate=1e-3,
-                             mixed_precision=case.mixed_precision, steps_per_execution=case.steps_per_execution,
-                             cpu_replicas=case.cpu_replicas).validate()
+    options = {"stem": "small"} if case.model == "resnet18" else {}
+    steps, windows = window_steps(case, quick)
+    config = lab.TrainConfig(model=case.model, model_options=options, batch_size=case.batch, optimizer="adam",
+                             learning_rate=1e-3, mixed_precision=case.mixed_precision, epochs=windows + 1,
+                             steps_per_execution=case.steps_per_execution, cpu_replicas=case.cpu_replicas).validate()
     configure_cpu_replicas(config.cpu_replicas)  # as `train` does, before any TensorFlow op
     rng = np.random.default_rng(0)
     count = sample_count(case)
     x = rng.integers(0, 256, (count, *case.shape), dtype=np.uint8)
     y = rng.integers(0, case.num_classes, count)
     data = _our_pipeline(x, y, case) if backend == "tensorflow" else _device_batches(x, y, case)
-    options = {"stem": "small"} if case.model == "resnet18" else {}
-    with dtype_policy(config.mixed_precision):  # exactly as `train` sets it
-        model = lab.build_model(case.model, input_shape=case.shape, num_classes=case.num_classes, **options)
-        compile_model(model, config, config.resolved_phases(), count)
-    steps, windows = window_steps(case, quick)
+    model = fitting.prepare(fitting.build(config, case.shape, case.num_classes), config, count)  # as `train` does
     timed = Windows()
 
     class Clock(keras.callbacks.Callback):
@@ -178,8 +177,7 @@ def keras_throughput(case, quick):
         def on_epoch_end(self, epoch, logs=None):
             timed.stop(steps * case.batch)
 
-    with split_batches(model, config.cpu_replicas):
-        model.fit(data, steps_per_epoch=steps, epochs=windows + 1, verbose=0, callbacks=[Clock()], shuffle=False)
+    fitting.fit(model, config, (data, None), steps_per_epoch=steps, callbacks=[Clock()])
     return {**timed.summary(skip=1), "peak_rss_mb": peak_rss_mb(), "backend": backend,  # epoch 1 is the warm-up
             "device_name": _keras_device_name(backend, case),
             "steps_per_execution": model.steps_per_execution, "parameters": lab.parameter_counts(model)["trainable"]}

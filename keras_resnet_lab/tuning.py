@@ -121,6 +121,7 @@ def check_search_space(base, space):
 def _merged(histories):
     """One Keras `History` for a trial fitted in several phases."""
     merged = keras.callbacks.History()
+    merged.epoch = []
     for history in histories:
         merged.epoch += history.epoch
         for key, values in history.history.items():

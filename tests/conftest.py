@@ -30,3 +30,13 @@ def _isolated_env(monkeypatch, tmp_path_factory):
 @pytest.fixture
 def no_local_data(monkeypatch):
     monkeypatch.delenv("KERAS_RESNET_LAB_DATA", raising=False)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests are opt-in (keras-hub's pattern): `pytest -m slow` runs them, plain `pytest` skips them."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

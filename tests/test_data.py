@@ -37,6 +37,7 @@ def test_mnist_standardized_pipeline_has_zero_mean(data_dir):
     assert abs(float(images.numpy().mean())) < 0.02 and float(images.numpy().std()) == pytest.approx(1, abs=0.02)
 
 
+@pytest.mark.slow  # decodes all 60,000 JPEGs once (about 30 s)
 def test_cifar10_reads_the_jpeg_archive(data_dir):
     data = lab.load_dataset("cifar10", data_dir=data_dir)
     assert data.num_examples == {"train": 50000, "test": 10000}

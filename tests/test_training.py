@@ -61,7 +61,7 @@ def test_other_settings_in_the_same_run_dir_are_refused(tmp_path):
 def test_phases_set_learning_rate_and_batch_size(tmp_path):
     phases = [{"epochs": 1, "learning_rate": 0.002, "batch_size": 32}, {"epochs": 1, "learning_rate": 0.0005, "batch_size": 64}]
     result = lab.train(**tiny(tmp_path, epochs=2, phases=phases, validation_split=0.0))
-    assert [row["learning_rate"] for row in result.history] == pytest.approx([0.002, 0.0005])
+    assert result.history["learning_rate"] == pytest.approx([0.002, 0.0005])
     steps = int(np.ceil(1437 / 32)) + int(np.ceil(1437 / 64))
     assert int(result.model.optimizer.iterations) == steps
 

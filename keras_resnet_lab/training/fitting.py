@@ -84,7 +84,7 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
             if initial_epoch <= start:
                 model.optimizer.learning_rate = learning_rate
         train_split, validation = _splits(data, batch_size, config)
-        if steps_per_epoch:
+        if steps_per_epoch and hasattr(train_split, "repeat"):  # a tf.data pipeline (not a generator)
             train_split = train_split.repeat()
         with split_batches(model, config.cpu_replicas):
             histories.append(model.fit(
