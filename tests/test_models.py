@@ -26,7 +26,13 @@ PINNED = [
 ]
 
 
-@pytest.mark.parametrize("name,options,expected", PINNED, ids=[f"{n}-{o}" for n, o, _ in PINNED])
+def _deep_ones_slow(name, *values):
+    """ResNet-101/152 (and cifar_resnet110) take seconds each to build: opt-in with -m slow."""
+    marks = [pytest.mark.slow] if name in ("resnet101", "resnet152", "cifar_resnet110") else []
+    return pytest.param(name, *values, marks=marks, id="-".join([name, *map(str, values[:1])]))
+
+
+@pytest.mark.parametrize("name,options,expected", [_deep_ones_slow(*case) for case in PINNED])
 def test_pinned_parameter_counts(name, options, expected):
     keras.backend.clear_session()
     model = lab.build_model(name, **options)
@@ -40,7 +46,7 @@ def small_shape(name):
     return (16, 16, 1) if spec.input_shape == (28, 28, 1) else (16, 16, 3)
 
 
-@pytest.mark.parametrize("name", lab.list_models())
+@pytest.mark.parametrize("name", [_deep_ones_slow(name) for name in lab.list_models()])
 def test_every_model_trains_one_step_and_every_weight_gets_a_gradient(name):
     keras.backend.clear_session()
     options = {"depth": 8} if name == "cifar_resnet" else {}
