@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from .data.pipeline import Preprocessing, preprocess
 from .errors import ConfigError, LabError
-from .files import sha256_file
+from .files import sha256_file, umask_mode
 from .training.run_folder import read_run
 
 MANIFEST = "manifest.sha256"
@@ -145,9 +145,7 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
         raise ConfigError(f"{target} already exists; pass overwrite=True (--overwrite) or another version.")
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes it 0700: a server running as another user could not read it
+    os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700: a server running as another user could not read it
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

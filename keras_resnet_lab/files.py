@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 
 
-def _umask():
+def umask_mode(mode):
+    """`mode` less the process umask: what a plainly created file or folder would get."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return mode & ~mask
 
 
 @contextlib.contextmanager
@@ -33,7 +34,7 @@ def atomic_path(path):
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -22,12 +22,11 @@ import keras_tuner as kt
 from .data import load_dataset
 from .errors import ConfigError, LabError, choices_message
 from .files import markdown_table, write_text_atomic
-from .models import check_options
 from .training import fitting
 from .training.config import MONITORS, TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
 from .training.replicas import configure_cpu_replicas
-from .training.train import check_dataset_options
+from .training.train import check_config
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
 LOG_LR = {"min": 1e-4, "max": 3e-2, "sampling": "log"}
@@ -112,8 +111,7 @@ def check_search_space(base, space):
             values = list(spec) if isinstance(spec, (list, tuple)) else [spec]
         for value in values:
             try:
-                config = apply_values(base, {name: value}).validate()
-                check_options(config.model, config.model_options)
+                check_config(apply_values(base, {name: value}))
             except ConfigError as error:
                 raise ConfigError(f"Search space {name!r}: the value {value!r} is not valid: {error}") from None
 
@@ -205,9 +203,7 @@ class TuneConfig:
                 raise ConfigError(f"{name} must be a positive integer; received {value!r}.")
         if self.objective.startswith("val_") and not self.train.validation_split:
             raise ConfigError(f"The objective {self.objective!r} needs a validation split; set validation_split.")
-        self.train.validate()
-        check_options(self.train.model, self.train.model_options)
-        check_dataset_options(self.train.dataset_options)
+        check_config(self.train)
         check_search_space(self.train, self.search_space)
         return self
 

@@ -3,6 +3,7 @@
 This module imports no model code.
 """
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, choices_message
 from .bundle import DatasetBundle, assemble, carve_validation
 from .pipeline import Preprocessing, channel_stats, parse_augment
+from .user import as_bundle
 from .sources import (
     CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
 )
@@ -141,10 +143,8 @@ def load_dataset(
     return assemble(name, arrays, raw.class_names, prep, batch_size, augment, seed, raw.source, options)
 
 
-from .user import as_bundle  # noqa: E402  (it builds on load_dataset's helpers)
-
-LOAD_OPTIONS = ("path", "image_size", "channels", "pad", "standardize", "validation_split", "augment",
-                "train_subset_per_class", "seed", "cache_dir", "on_bad_file", "download")
+# What `dataset_options` may hold: `load_dataset`'s options less those a TrainConfig sets itself.
+LOAD_OPTIONS = tuple(p for p in inspect.signature(load_dataset).parameters if p not in ("name", "data_dir", "batch_size"))
 
 __all__ = ["DATA_ENV", "DATASETS", "LOAD_OPTIONS", "DatasetBundle", "Preprocessing", "as_bundle", "load_dataset",
            "CIFAR10_CLASSES", "DataError"]

@@ -116,8 +116,8 @@ def portable_copy(model):
 
     Each `BatchNorm` becomes the `keras.layers.BatchNormalization` it subclasses (the same
     variables and inference math; only the training kernel differs), weights copied; the
-    optimizer (whose schedule may be this package's) is left out. A model `clone_model` cannot
-    rebuild (a subclassed model) comes back as is.
+    optimizer (whose schedule may be this package's) is left out. A model that cannot be rebuilt
+    from its config (a subclassed model) comes back as is.
     """
     try:
         copy = model.__class__.from_config(_plain_layers(model.get_config()))

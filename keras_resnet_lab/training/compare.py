@@ -11,7 +11,7 @@ from ..plots import plot_curves
 from .config import TrainConfig
 from .recipes import get_recipe
 from .report import write_comparison_report
-from .train import resolve, train
+from .train import check_config, train
 
 COLUMNS = ("model", "parameters", "epochs", "seconds_per_epoch", "test_accuracy", "test_f1_macro")
 
@@ -57,7 +57,7 @@ def compare(configs, run_dir="runs/compare", **settings):
     run_dir = Path(run_dir)
     configs = [config.replace(run_dir=str(run_dir / (config.recipe or config.model)), **settings) for config in configs]
     for config in configs:  # every model, option and setting is checked before the first model trains
-        resolve(None, None, config, {})
+        check_config(config)
     results, rows = [], []
     for index, config in enumerate(configs, start=1):
         name = config.recipe or config.model

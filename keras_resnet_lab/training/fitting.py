@@ -60,7 +60,7 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
         keeper: the run's durable `RunKeeper`; without one, `early_stopping_patience` uses
             Keras' `EarlyStopping` for the length of this call.
     """
-    spans = _spans(config, epochs)
+    spans = _spans(config, epochs, data)
     has_validation = _validation_of(data) is not None
     monitor = monitor_for(config, has_validation)
     own = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
@@ -96,15 +96,15 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
     return histories
 
 
-def _spans(config, epochs):
+def _spans(config, epochs, data):
+    """The phases as (start, end, learning rate, batch size), cut at `epochs`."""
     spans = config.resolved_phases()
+    if isinstance(data, tuple) and len({batch for *_, batch in spans}) > 1:
+        raise ConfigError("Phases with their own batch sizes need a DatasetBundle (load_dataset) or arrays, "
+                          "which can be rebatched; batch the datasets yourself or drop the phases' batch_size.")
     if epochs is None:
         return spans
-    clipped = [(start, min(end, epochs), lr, batch) for start, end, lr, batch in spans if start < epochs]
-    if clipped and clipped[-1][1] < epochs:
-        start, _, lr, batch = clipped[-1]
-        clipped[-1] = (start, epochs, lr, batch)
-    return clipped
+    return [(start, min(end, epochs), lr, batch) for start, end, lr, batch in spans if start < epochs]
 
 
 def _validation_of(data):
@@ -115,9 +115,6 @@ def _splits(data, batch_size, config):
     """(train, validation) batched by `batch_size`, with one-hot labels under label smoothing."""
     if isinstance(data, tuple):
         (train_split, validation), num_classes = data, None
-        if batch_size != config.resolved_phases()[0][3]:
-            raise ConfigError("Phases with their own batch sizes need a DatasetBundle (load_dataset) or arrays, "
-                              "which can be rebatched; batch the datasets yourself or drop the phases' batch_size.")
     else:
         rebatched = data.with_batch_size(batch_size)
         train_split, validation, num_classes = rebatched.train, rebatched.validation, data.num_classes

@@ -81,7 +81,7 @@ def run_summary(result):
 
 def draw_run_plots(folder, result, bundle, predictions):
     """Curves, the confusion matrix, test samples, the worst errors and activation grids."""
-    plots = Path(folder) / PLOTS
+    plots = folder / PLOTS
     config = result.config
     plot_curves({config.model: result.history}, plots / "curves.png", title=f"{config.model} on {config.dataset}")
     plot_confusion_matrix(result.metrics["confusion_matrix"], bundle.class_names, plots / "confusion_matrix.png",
@@ -97,8 +97,8 @@ def draw_run_plots(folder, result, bundle, predictions):
 
 
 def write_run_report(folder, result, bundle, predictions):
-    """The run's plots, then `report.md` and `report.html`: metrics, every plot, the configuration."""
-    folder = Path(getattr(folder, "path", folder))
+    """The run's plots, then `report.md` and `report.html` in `folder` (the run's folder path):
+    metrics, every plot, the configuration."""
     draw_run_plots(folder, result, bundle, predictions)
     summary = run_summary(result)
     blocks = [

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -94,7 +95,7 @@ def _differences(saved, current, prefix=""):
     if isinstance(saved, dict) and isinstance(current, dict):
         found = []
         for key in sorted(set(saved) | set(current)):
-            found += _differences(saved.get(key), current.get(key), f"{prefix}{key}." if prefix or key else key)
+            found += _differences(saved.get(key), current.get(key), f"{prefix}{key}.")
         return found
     return [] if saved == current else [f"{prefix.rstrip('.')}: {saved!r} -> {current!r}"]
 
@@ -171,8 +172,6 @@ class RunFolder:
                                   "a run of keras_resnet_lab. Choose an empty or new folder (--run-dir).")
             return
         self.lock()
-        import shutil
-
         for name in RUN_FILES:
             target = self / name
             if target.is_dir():
@@ -274,18 +273,6 @@ class RunFolder:
 
     def load_data_contract(self):
         return self._read_json(DATA)
-
-    def load_config(self):
-        from .config import TrainConfig
-
-        return TrainConfig.from_dict(self._read_json(CONFIG))
-
-    def is_finished(self):
-        return (self / MODEL).is_file() and (self / DATA).is_file() and self.load_state().finished
-
-    @property
-    def plots(self):
-        return self.path / PLOTS
 
     @property
     def tensorboard(self):

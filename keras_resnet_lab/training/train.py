@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keras
 
-from ..data import LOAD_OPTIONS, DatasetBundle, as_bundle, load_dataset
+from ..data import LOAD_OPTIONS, as_bundle, load_dataset
 from ..errors import ConfigError, TrainingDiverged, choices_message
 from ..models import check_options, flops_per_image, parameter_counts
 from . import fitting
@@ -88,6 +88,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
     configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     keras.utils.set_random_seed(config.seed)
     bundle = _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model)
+    _evaluation_split(bundle)  # data with nothing to evaluate on is refused before it trains
     if dataset is not None:
         config = _with_data(config, bundle, settings)
     if keep_compile:
@@ -120,8 +121,9 @@ def resolve(model, dataset, config, settings):
         config, model = model, None
     if config is not None and not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig; received {type(config).__name__}.")
-    settings = _serialize_objects(dict(settings))
-    config = (config or TrainConfig()).replace(**settings) if settings else (config or TrainConfig())
+    config = config or TrainConfig()
+    if settings:
+        config = config.replace(**_serialize_objects(dict(settings)))
     if isinstance(model, str):
         config = config.replace(model=model)
     elif isinstance(model, keras.Model):
@@ -130,19 +132,21 @@ def resolve(model, dataset, config, settings):
         raise ConfigError(f"model must be a registered name, a keras.Model or a TrainConfig; received {type(model).__name__}.")
     if isinstance(dataset, str):
         config, dataset = config.replace(dataset=dataset), None
+    return check_config(config, registered_model=not isinstance(model, keras.Model), named_data=dataset is None), \
+        model, dataset
+
+
+def check_config(config, *, registered_model=True, named_data=True):
+    """Validates `config` and, where they are used, its model options against the registry and its
+    dataset options against `load_dataset`: everything is refused before anything runs. Returns it."""
     config.validate()
-    if model is None or isinstance(model, str):
+    if registered_model:
         check_options(config.model, config.model_options)
-    if dataset is None:
-        check_dataset_options(config.dataset_options)
-    return config, model, dataset
-
-
-def check_dataset_options(options):
-    """Refuses `dataset_options` that `load_dataset` does not take, before anything runs."""
-    for key in options:
-        if key not in LOAD_OPTIONS:
-            raise ConfigError(choices_message("dataset option", key, LOAD_OPTIONS))
+    if named_data:
+        for key in config.dataset_options:
+            if key not in LOAD_OPTIONS:
+                raise ConfigError(choices_message("dataset option", key, LOAD_OPTIONS))
+    return config
 
 
 def _serialize_objects(settings):
@@ -235,7 +239,7 @@ def _finish(model, bundle, config, state, folder):
     folder.save_results(model, metrics, data_contract(bundle))
     result = TrainResult(model, history_of(state.history), metrics, folder.path, config)
     if config.reports:
-        write_run_report(folder, result, bundle, (y_true, y_pred, probabilities))
+        write_run_report(folder.path, result, bundle, (y_true, y_pred, probabilities))
     state.finished = True
     folder.save_state(state)
     _say(config, f"{config.model}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
