@@ -6,6 +6,8 @@ import shutil
 import sys
 import tomllib
 
+from .errors import ConfigError
+
 # Flags of `train` and `compare` that map one to one onto TrainConfig fields.
 CONFIG_FLAGS = {
     "--epochs": int, "--batch-size": int, "--optimizer": str, "--learning-rate": float,
@@ -15,11 +17,16 @@ CONFIG_FLAGS = {
 }
 
 
-def _parse_value(text):
+def _parse_value(key, text):
+    """A `--set` value as TOML (numbers, booleans, lists, tables, quoted strings); a bare word
+    such as `adam` is the string itself. Anything else that is not TOML is refused."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    except tomllib.TOMLDecodeError as error:
+        if text and all(c.isalnum() or c in "_-./:" for c in text):
+            return text
+        raise ConfigError(f"--set {key}={text}: not a TOML value ({error}). Quote a string as "
+                         f"{key}='\"...\"'; lists are [1, 2], tables {{key = 1}}.") from None
 
 
 def _overrides(args):
@@ -39,9 +46,9 @@ def _overrides(args):
             raise SystemExit(f"error: --set takes key=value; received {item!r}")
         if "." in key:
             outer, inner = key.split(".", 1)
-            values.setdefault(outer, {})[inner] = _parse_value(text)
+            values.setdefault(outer, {})[inner] = _parse_value(key, text)
         else:
-            values[key] = _parse_value(text)
+            values[key] = _parse_value(key, text)
     return values
 
 
@@ -166,9 +173,11 @@ def cmd_predict(args):
 
     from .export import load_exported, predict_files
 
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be 1 or more (how many classes to list); received {args.top_k}.")
     rows, problems = predict_files(load_exported(args.model), args.inputs, top_k=args.top_k)
     for problem in problems:
-        print(f"warning: cannot read {problem}", file=sys.stderr)
+        print(f"warning: {problem}", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
     elif args.format == "csv":
@@ -319,12 +328,15 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .errors import LabError
+    from .errors import LabError, os_error_message
 
     try:
         args.func(args)
     except LabError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # disk full, a read-only folder, a port in use: the system's words, one line
+        print(f"error: {os_error_message(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted. Rerun the same command to resume from the last completed epoch.", file=sys.stderr)

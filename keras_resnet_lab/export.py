@@ -8,9 +8,7 @@ images (batch, height, width, channels) of any size with 1, 3 or 4 channels and 
 """
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import keras
@@ -18,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from .data.pipeline import Preprocessing, preprocess
-from .errors import ConfigError, LabError
-from .files import sha256_file, umask_mode
+from .errors import ConfigError, DataError, LabError
+from .files import replace_folder, sha256_file, staging_dir
 from .training.run_folder import read_run
 
 MANIFEST = "manifest.sha256"
@@ -82,7 +80,10 @@ def verify_manifest(folder):
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise LabError(f"{folder} has no {MANIFEST}: it was not exported by keras_resnet_lab, or is incomplete. Export it again.")
-    listed = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines() if "  " in line)
+    try:
+        listed = dict(reversed(line.split("  ", 1)) for line in manifest.read_text().splitlines() if "  " in line)
+    except ValueError:  # not text: damaged or replaced
+        listed = {}
     unlisted = sorted(set(_export_files(folder)) - set(listed))
     if unlisted or not listed:
         raise LabError(f"Refusing {folder}: {', '.join(unlisted[:3]) or 'no file'} is not in {MANIFEST} (changed "
@@ -129,8 +130,9 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
         version: an integer; default the next free one. An existing version is refused unless
             `overwrite=True`.
 
-    The export is written to a temporary folder beside the target and renamed, so a server
-    watching `export_dir` never sees a half-written version.
+    The export is written to a staging folder beside the target and renamed (an existing
+    version is swapped atomically on Linux), so a server watching `export_dir` never sees a
+    half-written version, nor a moment without one.
 
     Example:
         >>> export("runs/seed000-mnist-baseline")   # -> saved_models/seed000-mnist-baseline/1
@@ -143,9 +145,10 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise ConfigError(f"{target} already exists; pass overwrite=True (--overwrite) or another version.")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir))
-    os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700: a server running as another user could not read it
+    if target.exists() and not (target / "saved_model.pb").is_file() and any(target.iterdir()):
+        raise ConfigError(f"Refusing to overwrite {target}: it holds files but no saved_model.pb, so it is not an "
+                          "export. Choose another export_dir (--export-dir) or version (--version).")
+    staging = staging_dir(model_dir, str(version))
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
@@ -163,9 +166,7 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
         _write_manifest(staging)
         if _before_rename:
             _before_rename(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        replace_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -176,7 +177,10 @@ class ExportedModel:
 
     def __init__(self, path):
         self.path = Path(path)
-        self.metadata = json.loads((self.path / METADATA).read_text())
+        try:
+            self.metadata = json.loads((self.path / METADATA).read_text())
+        except (OSError, ValueError) as error:
+            raise LabError(f"Cannot read {self.path / METADATA} ({error}). Export the model again.") from None
         self.class_names = self.metadata["class_names"]
         self._serve = tf.saved_model.load(str(self.path)).signatures["serving_default"]
 
@@ -221,14 +225,17 @@ def _collect(inputs):
 
 
 def read_image(path):
-    """An image file as a uint8 (H, W, 1 or 3) array: grayscale files stay single-channel."""
-    from PIL import Image
+    """An image file as a uint8 (H, W, 1 or 3) array: grayscale files stay single-channel.
 
-    from .data.images import decode_image
+    Raises:
+        DataError: the file is missing or not a readable image (the path is named).
+    """
+    from .data.images import decode_image, is_grayscale
 
-    with Image.open(path) as image:
-        mode = "L" if image.mode in ("1", "L", "I", "I;16", "F") else "RGB"
-    return decode_image(path, mode=mode)
+    try:
+        return decode_image(path, mode="L" if is_grayscale(path) else "RGB")
+    except Exception as error:  # PIL raises many types for bad files
+        raise DataError(f"Cannot read {path} as an image: {error}") from None
 
 
 def predict_files(exported, inputs, top_k=3):
@@ -237,12 +244,14 @@ def predict_files(exported, inputs, top_k=3):
     Each row is {"file", "top": [(class name, probability), ...]}; each problem names a file
     that could not be read, and the other files are still predicted.
     """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"top_k must be a positive integer (how many classes to list); received {top_k!r}.")
     rows, problems = [], []
     for path in _collect(inputs):
         try:
             image = read_image(path)
-        except Exception as error:  # unreadable, missing or not an image: named, then skipped
-            problems.append(f"{path}: {error}")
+        except DataError as error:  # unreadable, missing or not an image: named, then skipped
+            problems.append(str(error))
             continue
         probabilities, _ = exported.predict(image[None])
         order = np.argsort(-probabilities[0])[:top_k]

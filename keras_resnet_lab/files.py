@@ -1,15 +1,23 @@
-"""File primitives every layer shares: atomic writes, checksums and Markdown tables.
+"""File primitives every layer shares: atomic writes, staging folders, checksums, Markdown tables.
 
-A file is written to a temporary name in its own folder and renamed into place, so a process
-killed at any moment leaves either the old complete file or the new one. Files get the user's
-umask (`tempfile.mkstemp` alone would make them 0600).
+A file or folder is built under a temporary *staging* name in its own parent and renamed into
+place, so a process killed at any moment leaves either the old complete file or the new one.
+A staging name carries its process id and host, so the next writer into that folder removes
+what a killed process left (never what a live one is writing). Files get the user's umask
+(`tempfile.mkstemp` alone would make them 0600).
 """
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import os
+import shutil
+import socket
 import tempfile
 from pathlib import Path
+
+STAGING_PREFIX = ".staging-"
 
 
 def umask_mode(mode):
@@ -17,6 +25,80 @@ def umask_mode(mode):
     mask = os.umask(0)
     os.umask(mask)
     return mode & ~mask
+
+
+def _staging_prefix(name):
+    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    return f"{STAGING_PREFIX}{os.getpid()}-{host}-{name}-"
+
+
+def _is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def remove_stale_staging(parent):
+    """Removes the staging files and folders in `parent` whose process (on this host) has died."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    host = _staging_prefix("").split("-")[2]
+    for path in parent.glob(f"{STAGING_PREFIX}*"):
+        pid, _, rest = path.name[len(STAGING_PREFIX):].partition("-")
+        if not pid.isdigit() or not rest.startswith(f"{host}-") or _is_alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def staging_dir(parent, name):
+    """A new, empty staging folder in `parent` (umask permissions) for building `name`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent)
+    path = Path(tempfile.mkdtemp(prefix=_staging_prefix(name), dir=parent))
+    os.chmod(path, umask_mode(0o777))  # mkdtemp makes it 0700: a server running as another user could not read it
+    return path
+
+
+def _exchange(first, second):
+    """Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):  # a file system without exchange
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def replace_folder(staging, target):
+    """Moves the finished `staging` folder onto `target`, replacing what `target` held.
+
+    Where the system can swap two folders atomically (Linux), a reader sees the old `target` or
+    the new one at every instant, and a kill leaves the old one in the staging name for
+    `remove_stale_staging`. Elsewhere the old folder is moved aside first.
+    """
+    staging, target = Path(staging), Path(target)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if not _exchange(staging, target):
+        aside = staging.with_name(staging.name + "-old")
+        os.replace(target, aside)
+        os.replace(staging, target)
+        staging = aside
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -29,7 +111,8 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix="".join(path.suffixes), dir=path.parent)
+    remove_stale_staging(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_staging_prefix(path.stem), suffix="".join(path.suffixes), dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

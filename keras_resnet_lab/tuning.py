@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,7 @@ from .training.replicas import configure_cpu_replicas
 from .training.train import check_config
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
+CHIEF_WAIT_ENV = "KERAS_RESNET_LAB_CHIEF_WAIT"  # seconds a worker waits for the chief (default 120)
 LOG_LR = {"min": 1e-4, "max": 3e-2, "sampling": "log"}
 DEFAULT_SPACES = {
     "baseline_cnn": {"learning_rate": LOG_LR, "model_options.conv_dropout": [0.0, 0.1, 0.25, 0.5],
@@ -136,7 +138,7 @@ class LabHyperModel(kt.HyperModel):
         self.search_space = search_space
         self.bundle = bundle
         self.timings_path = timings_path
-        self.timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        self.timings = _read_timings(timings_path)
 
     def config_for(self, hp):
         for name, spec in self.search_space.items():
@@ -267,6 +269,7 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     one reruns, and the total stays `max_trials`.
     """
     config = _resolve(model, dataset, config, search_space, data_dir, settings)
+    _check_oracle_address()
     project_dir = Path(config.directory) / config.project_name
     if config.overwrite and project_dir.exists() and _is_chief():
         _clear_project(project_dir)
@@ -294,6 +297,38 @@ def _clear_project(project_dir):
         raise ConfigError(f"Refusing to overwrite {project_dir}: it holds files but no keras-tuner oracle.json, so it "
                           "is not a search of ours. Choose another project_name or directory.")
     shutil.rmtree(project_dir)
+
+
+def _check_oracle_address():
+    """In a distributed search: the chief's port must be free; a worker waits for the chief, then
+    gives up with the fix (keras-tuner itself would wait forever without a word)."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return
+    host, port_text = os.environ["KERASTUNER_ORACLE_IP"], os.environ.get("KERASTUNER_ORACLE_PORT", "")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"The oracle port must be a number from 1 to 65535; received {port_text!r} (--oracle HOST:PORT).")
+    address = (host, int(port_text))
+    if _is_chief():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                raise ConfigError(f"The tuning chief cannot listen on {host}:{port_text}: {error.strerror}. Choose a "
+                                  f"free port (--oracle {host}:PORT) and give the same address to every worker.") from None
+        return
+    wait = float(os.environ.get(CHIEF_WAIT_ENV, "120"))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            socket.create_connection(address, timeout=2).close()
+            return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise LabError(f"No tuning chief answers at {host}:{port_text} after {wait:g} s. Start "
+                               f"`keras-resnet-lab tune --role chief --oracle {host}:{port_text}` first (or fix --oracle); "
+                               f"${CHIEF_WAIT_ENV} sets how long workers wait.") from None
+            time.sleep(0.5)
 
 
 def _is_chief():
@@ -394,11 +429,20 @@ def _plot_objective(rows, project_dir, objective):
         save_figure(figure, project_dir / f"objective_vs_{key}.png")
 
 
+def _read_timings(path):
+    """Our per-trial seconds; a damaged file only loses the timings, never the search."""
+    try:
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        timings = {}
+    return timings if isinstance(timings, dict) else {}
+
+
 def _all_timings(project_dir):
     timings = {}
     for path in sorted(project_dir.glob("timings-*.json")):
-        for key, seconds in json.loads(path.read_text()).items():
-            timings[key] = timings.get(key, 0.0) + seconds
+        for key, seconds in _read_timings(path).items():
+            timings[key] = timings.get(key, 0.0) + float(seconds)
     return timings
 
 

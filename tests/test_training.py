@@ -33,9 +33,11 @@ def test_digits_run_folder_holds_every_artifact(tmp_path):
     result = lab.train(lab.TrainConfig(**tiny(tmp_path, epochs=2, reports=True)))
     run = result.run_dir
     for name in ["config.json", "identity.json", "state.json", "history.csv", "metrics.json", "model.keras",
-                 "checkpoints/best.weights.h5", "plots/curves.png", "plots/confusion_matrix.png"]:
+                 "plots/curves.png", "plots/confusion_matrix.png"]:
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    state = json.loads((run / "state.json").read_text())
+    assert (run / state["best_checkpoint"]).is_file() and (run / state["checkpoint"]).is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics) >= {"loss", "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion_matrix"}
     assert np.asarray(metrics["confusion_matrix"]).sum() == 360
@@ -247,7 +249,9 @@ def test_an_accuracy_tie_goes_to_the_epoch_with_the_lower_loss(tmp_path):
     assert keeper.state.best == 0.95
     assert keeper.state.best_epoch == 3  # ties with epoch 2 at a lower loss; epoch 4 ties at a higher one
     assert keeper.state.wait == 2
-    assert (tmp_path / "checkpoints" / "best.weights.h5").is_file()
+    assert keeper.state.best_checkpoint == "checkpoints/best-epoch-0003.weights.h5"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "best-epoch-0003.weights.h5", "epoch-0005.weights.h5"]
 
 
 def test_plateau_patience_survives_a_resume():

@@ -121,7 +121,7 @@ def load_dataset(
     image_size = tuple(image_size) if image_size is not None else None
     _check_settings(name, batch_size, channels, pad, on_bad_file, image_size)
     decode_size = image_size if name == "image_folder" or not pad else None
-    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download)
+    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download).check()
     x_train, y_train = raw.x_train, raw.y_train
     if train_subset_per_class:
         x_train, y_train = _subset_per_class(x_train, y_train, train_subset_per_class, seed)

@@ -46,21 +46,57 @@ def _split_dir(root, split):
     return None
 
 
+def _class_folders(split_dir):
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__MACOSX")))
+
+
 def list_images(split_dir, class_names=None):
-    """Returns (paths, labels, class_names); classes are the sorted sub-folder names."""
+    """Returns (paths, labels, class_names); classes are the sorted sub-folder names.
+
+    The train split (`class_names=None`) needs two or more classes, each with an image; a test
+    split must have exactly the train split's classes, so no class is dropped unseen.
+    """
+    found = _class_folders(split_dir)
     if class_names is None:
-        class_names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_names:
-        raise DataError(f"{split_dir} has no class folders (expected {split_dir}/<class>/<image>).")
-    paths, labels = [], []
+        class_names = found
+        if len(class_names) < 2:
+            raise DataError(f"{split_dir} has {len(class_names)} class folder(s) ({', '.join(class_names) or 'none'}); "
+                            f"a classifier needs two or more: {split_dir}/<class>/<image>.")
+    missing, extra = sorted(set(class_names) - set(found)), sorted(set(found) - set(class_names))
+    if missing or extra:
+        raise DataError(f"{split_dir} must hold the train split's classes: "
+                        + "; ".join(filter(None, [missing and f"no folder for {', '.join(missing)}",
+                                                  extra and f"{', '.join(extra)} not in the train split"]))
+                        + ". Add or remove class folders so both splits match.")
+    paths, labels, empty = [], [], []
     for label, name in enumerate(class_names):
-        class_dir = split_dir / name
-        if not class_dir.is_dir():
-            raise DataError(f"{split_dir} has no folder for class {name!r} (the train split has one).")
-        files = sorted(p for p in class_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p for p in (split_dir / name).iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            empty.append(name)
         paths += files
         labels += [label] * len(files)
+    if empty:
+        raise DataError(f"{split_dir} has empty class folder(s): {', '.join(empty[:5])}. Add images or remove them.")
     return paths, np.asarray(labels, np.int64), class_names
+
+
+def is_grayscale(path):
+    """Whether an image file holds one channel (any bit depth)."""
+    with Image.open(path) as image:
+        return image.mode in ("1", "L", "LA") or image.mode.startswith(("I", "F"))
+
+
+def _to_8_bit(image):
+    """A 16-bit integer (0-65535) or float (0-1) grayscale image scaled to 8 bits, not clipped.
+
+    Pillow's `convert("L")` clips such pixels at 255, so a 16-bit PNG would turn almost white.
+    Other images are returned unchanged.
+    """
+    if not image.mode.startswith(("I", "F")):
+        return image
+    array = np.asarray(image, np.float64)
+    top = 65535.0 if image.mode.startswith("I") else 1.0
+    return Image.fromarray(np.round(np.clip(array, 0, top) * (255.0 / top)).astype(np.uint8), "L")
 
 
 def decode_image(path, image_size=None, mode="RGB"):
@@ -73,7 +109,7 @@ def decode_image(path, image_size=None, mode="RGB"):
         width, height = image.size
         if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
             raise ValueError(f"image of {width}x{height} pixels is larger than this loader accepts")
-        image = image.convert(mode)
+        image = _to_8_bit(image).convert(mode)
         if image_size is not None and image.size != (image_size[1], image_size[0]):
             image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
         array = np.asarray(image, np.uint8)
@@ -125,6 +161,16 @@ def _cache_path(cache_dir, root, split, image_size, mode):
     return Path(cache_dir) / "decoded" / f"{root.name}-{split}-{key}.npz"
 
 
+def content_key(split_dir, paths, on_bad_file):
+    """What a decoded split depends on: every file's relative path (hence class), size and
+    modification time, and the bad-file policy it was decoded under."""
+    digest = hashlib.sha256(f"on_bad_file={on_bad_file}".encode())
+    for path in paths:
+        info = path.stat()
+        digest.update(f"|{path.relative_to(split_dir).as_posix()}|{info.st_size}|{info.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
 def save_npz_atomic(path, **arrays):
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)
@@ -139,11 +185,22 @@ def load_split(root, split, *, image_size, mode, class_names, cache_dir, on_bad_
     if not paths:
         raise DataError(f"{split_dir} has class folders but no image files.")
     cached = _cache_path(cache_dir, root, split, image_size, mode)
+    key = content_key(split_dir, paths, on_bad_file)
     if cached.is_file():
-        with np.load(cached, allow_pickle=False) as data:
-            if int(data["count"]) == len(paths):
-                return data["x"], data["y"], class_names
+        try:
+            with np.load(cached, allow_pickle=False) as data:
+                if str(data["key"]) == key:
+                    return data["x"], data["y"], class_names
+        except Exception:  # noqa: BLE001 - an unreadable or older cache is decoded again
+            pass
     x, keep = _decode_all(paths, image_size, mode, on_bad_file)
     y = labels[keep]
-    save_npz_atomic(cached, x=x, y=y, count=np.asarray(len(paths)))
+    if len(np.unique(y)) < len(class_names):
+        lost = sorted(set(class_names) - {class_names[i] for i in np.unique(y)})
+        raise DataError(f"{split_dir}: no readable image in class folder(s) {', '.join(lost[:5])}.")
+    try:
+        save_npz_atomic(cached, x=x, y=y, key=np.asarray(key))
+    except OSError as error:  # a full or read-only cache costs a decode next time, never this run
+        warnings.warn(f"Cannot cache the decoded images in {cached.parent} ({error.strerror or error}); "
+                      "they will be decoded again next time. Set cache_dir (or $KERAS_RESNET_LAB_CACHE).", stacklevel=2)
     return x, y, class_names

@@ -197,12 +197,22 @@ def _pipeline_options():
 PIPELINE_OPTIONS = _pipeline_options()
 
 
-def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
-    """A batched, prefetched `tf.data.Dataset` of (float32 image, int label) over uint8 `x`."""
+def epoch_counter():
+    """The epoch a shuffled pipeline reads next; `make_dataset` advances it as each epoch begins."""
+    return tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+
+def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None):
+    """A batched, prefetched `tf.data.Dataset` of (float32 image, int label) over uint8 `x`.
+
+    With `shuffle_seed`, epoch `e` (counted by the `epoch` variable, made here when not given)
+    has an order and augmentations that depend only on (seed, e): the variable is read and
+    advanced when the epoch's first batch is drawn, not when an iterator is created, so a
+    resumed run that sets it to the epoch it resumes at sees exactly what an uninterrupted run
+    saw, however many iterators Keras creates along the way.
+    """
     images, labels = tf.constant(x), tf.constant(y, tf.int32)
-    indices = tf.data.Dataset.range(len(x))
-    if shuffle_seed is not None:
-        indices = indices.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    count = len(x)
 
     def load_batch(index):
         return standardize(to_model_size(tf.gather(images, index), prep), prep), tf.gather(labels, index)
@@ -211,12 +221,23 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None):
         x = augmenter(to_model_size(tf.gather(images, index), prep), seed)
         return standardize(x, prep), tf.gather(labels, index)
 
-    # One map per batch: gather, convert, augment and standardize run as a single function.
-    batches = indices.batch(batch_size)
+    if shuffle_seed is None:
+        batches = tf.data.Dataset.range(count).batch(batch_size).map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
+    epoch = epoch_counter() if epoch is None else epoch
+    seed = tf.constant(shuffle_seed, tf.int64)
+
+    def epoch_batches(current):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, current]))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        # One stateless seed pair per batch of the epoch: augmentations depend on (seed, epoch, batch).
+        numbers = tf.data.Dataset.range(tf.cast(tf.math.ceil(count / batch_size), tf.int64))
+        return tf.data.Dataset.zip(batches, numbers.map(lambda n: tf.stack([seed + (current + 1) * 1_000_003, n])))
+
+    batches = tf.data.Dataset.range(1).map(lambda _: epoch.assign_add(1) - 1).flat_map(epoch_batches)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))  # Keras counts steps
     if augmenter is None:
-        batches = batches.map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.map(lambda index, _: load_batch(index), num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        # A fresh, seed-determined pair of stateless seeds per batch (and per epoch).
-        seeds = tf.data.Dataset.random(seed=shuffle_seed or 0, rerandomize_each_iteration=True).batch(2)
-        batches = tf.data.Dataset.zip(batches, seeds).map(load_augmented_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        batches = batches.map(load_augmented_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)

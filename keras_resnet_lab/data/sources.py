@@ -12,6 +12,7 @@ import os
 import pickle
 import socket
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
-from .archives import default_cache_dir, extract_archive, is_archive
+from .archives import check_archive_type, default_cache_dir, extract_archive, is_archive
 from .images import find_split_root, load_split
 
 DATA_ENV = "KERAS_RESNET_LAB_DATA"
@@ -41,6 +42,33 @@ class RawData:
     y_test: np.ndarray
     class_names: list
     source: str
+
+    def check(self):
+        """Refuses data no model could learn from correctly, naming the file it came from.
+
+        Images must be uint8 (N, H, W, 1 or 3) of one size in both splits; labels one per image,
+        integer class indices below the number of classes; train must hold two or more classes.
+        """
+        where = self.source
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.ndim != 4 or x.shape[-1] not in (1, 3) or x.dtype != np.uint8:
+                raise DataError(f"{where}: the {split} images must be uint8 (N, height, width[, 1 or 3]); found "
+                                f"{x.dtype} of shape {x.shape[:-1] if x.ndim == 4 and x.shape[-1] == 1 else x.shape}.")
+            if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer) or len(y) != len(x):
+                raise DataError(f"{where}: the {split} split needs one integer label per image; found {len(x)} images "
+                                f"and labels of shape {y.shape} ({y.dtype}).")
+            if len(y) == 0:
+                raise DataError(f"{where}: the {split} split is empty.")
+            if y.min() < 0 or y.max() >= len(self.class_names):
+                raise DataError(f"{where}: a {split} label is {int(y.min() if y.min() < 0 else y.max())}, outside the "
+                                f"{len(self.class_names)} classes (0 to {len(self.class_names) - 1}).")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise DataError(f"{where}: train images are {self.x_train.shape[1:]} but test images {self.x_test.shape[1:]}.")
+        if len(np.unique(self.y_train)) < 2:
+            raise DataError(f"{where}: the train split holds {len(np.unique(self.y_train))} class; a classifier needs two or more.")
+        self.y_train, self.y_test = self.y_train.astype(np.int64), self.y_test.astype(np.int64)
+        return self
 
 
 def search_dirs(data_dir):
@@ -81,7 +109,7 @@ def _read_mnist_npz(path):
             arrays = {k: data[k] for k in ("x_train", "y_train", "x_test", "y_test")}
     except KeyError as error:
         raise DataError(f"{path} lacks the array {error}; expected x_train, y_train, x_test, y_test.") from None
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"Cannot read {path}: {error}.") from None
     return arrays
 
@@ -109,10 +137,9 @@ def load_mnist_style(dataset, data_dir, class_names, download):
         looked_for = (["mnist.npz"] if dataset == "mnist" else []) + [f"{s}.gz" for s in IDX_FILES.values()]
         return load_tfds(dataset, dirs, looked_for, download)
     x_train, x_test = (arrays[k] for k in ("x_train", "x_test"))
-    return RawData(
-        x_train[..., None], arrays["y_train"].astype(np.int64), x_test[..., None],
-        arrays["y_test"].astype(np.int64), class_names, source,
-    )
+    if x_train.ndim != 3 or x_test.ndim != 3:
+        raise DataError(f"{source}: MNIST-style images must be (N, height, width); found {x_train.shape} and {x_test.shape}.")
+    return RawData(x_train[..., None], arrays["y_train"], x_test[..., None], arrays["y_test"], class_names, source)
 
 
 # ---------------------------------------------------------------- CIFAR (pickles or image folders)
@@ -145,9 +172,17 @@ def read_cifar_pickle(data, origin):
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
-def _cifar_arrays(batches, label_key):
-    x = np.concatenate([np.asarray(b["data"], np.uint8) for b in batches])
-    y = np.concatenate([np.asarray(b[label_key], np.int64) for b in batches])
+def _cifar_arrays(batches, label_key, origin):
+    try:
+        data = [np.asarray(b["data"]) for b in batches]
+        labels = [np.asarray(b[label_key]) for b in batches]
+    except KeyError as error:
+        raise DataError(f"{origin}: a batch lacks the key {error}; expected the official CIFAR batches.") from None
+    if any(d.ndim != 2 or d.shape[1] != 3 * 32 * 32 or d.dtype != np.uint8 for d in data):
+        shapes = ", ".join(f"{d.dtype} {d.shape}" for d in data)
+        raise DataError(f"{origin}: CIFAR batch data must be uint8 rows of 3072 pixels; found {shapes}.")
+    x = np.concatenate(data)
+    y = np.concatenate(labels)
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y
 
 
@@ -165,12 +200,14 @@ CIFAR_LAYOUT = {
 }
 
 
-def _read_cifar_members(layout, read_member):
+def _read_cifar_members(layout, read_member, origin):
     train = [read_cifar_pickle(*read_member(n)) for n in layout["train"]]
     test = [read_cifar_pickle(*read_member(n)) for n in layout["test"]]
     meta = read_cifar_pickle(*read_member(layout["meta"]))
-    names = [n.decode() if isinstance(n, bytes) else n for n in meta[layout["names"]]]
-    (x_train, y_train), (x_test, y_test) = (_cifar_arrays(s, layout["labels"]) for s in (train, test))
+    if layout["names"] not in meta:
+        raise DataError(f"{origin}: {layout['meta']} lacks {layout['names']!r}; expected the official CIFAR files.")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[layout["names"]]]
+    (x_train, y_train), (x_test, y_test) = (_cifar_arrays(s, layout["labels"], origin) for s in (train, test))
     return x_train, y_train, x_test, y_test, names
 
 
@@ -183,7 +220,7 @@ def _read_cifar_tar(path, layout):
                     return tf.extractfile(member).read(), f"{path}:{member}"
                 except KeyError:
                     raise DataError(f"{path} has no member {member}; is it the official archive?") from None
-            return _read_cifar_members(layout, read_member)
+            return _read_cifar_members(layout, read_member, path)
     except (tarfile.TarError, EOFError, OSError) as error:
         raise DataError(f"Cannot read {path}: {error}. Is the file complete?") from None
 
@@ -194,7 +231,7 @@ def _read_cifar_folder(folder, layout):
         if not path.is_file():
             raise DataError(f"{folder} has no file {name}; expected the official CIFAR batches.")
         return path.read_bytes(), str(path)
-    return _read_cifar_members(layout, read_member)
+    return _read_cifar_members(layout, read_member, folder)
 
 
 def load_cifar(dataset, data_dir, download, image_folder_options):
@@ -219,6 +256,7 @@ def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="war
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"Image folder {path} does not exist; pass path= a folder or archive of <split>/<class>/<image> files.")
+    check_archive_type(path)
     cache_dir = Path(cache_dir or default_cache_dir())
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
     root = find_split_root(folder)

@@ -14,6 +14,13 @@ BN_MOMENTUM = 0.9
 TORCH_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
+def check_min_size(name, input_shape, minimum, fix="Resize the data, e.g. load_dataset(..., image_size=(28, 28))."):
+    """Refuses inputs smaller than `minimum` pixels a side, which `name` would shrink to nothing."""
+    height, width = input_shape[:2]
+    if height < minimum or width < minimum:
+        raise ConfigError(f"{name} needs inputs of at least {minimum}x{minimum}; received {height}x{width}. {fix}")
+
+
 def check_activation(activation):
     if activation not in ACTIVATIONS:
         raise ConfigError(choices_message("activation", activation, ACTIVATIONS))

@@ -4,22 +4,13 @@ import keras
 from keras import layers
 
 from ..errors import ConfigError
-from .layers import activation_layer, check_activation, classifier_head
+from .layers import activation_layer, check_activation, check_min_size, classifier_head
 from .layers import batch_norm as batch_norm_layer
 
 
 def _check_rate(option, value):
     if not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ConfigError(f"{option} must be a dropout rate in [0, 1); received {value!r}.")
-
-
-def _check_min_size(name, input_shape, minimum):
-    height, width = input_shape[:2]
-    if height < minimum or width < minimum:
-        raise ConfigError(
-            f"{name} needs inputs of at least {minimum}x{minimum}; received {height}x{width}. "
-            f"Resize the data, e.g. load_dataset(..., image_size=(28, 28))."
-        )
 
 
 def baseline_cnn(input_shape, num_classes, *, name, conv_dropout=0.5, dense_dropout=0.5):
@@ -30,7 +21,7 @@ def baseline_cnn(input_shape, num_classes, *, name, conv_dropout=0.5, dense_drop
     """
     _check_rate("conv_dropout", conv_dropout)
     _check_rate("dense_dropout", dense_dropout)
-    _check_min_size(name, input_shape, 16)
+    check_min_size(name, input_shape, 16)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Conv2D(10, 5, name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -83,7 +74,7 @@ def lenet_resnet(
     """
     num_blocks = _normalize_num_blocks(num_blocks)
     check_activation(activation)
-    _check_min_size(name, input_shape, 4)
+    check_min_size(name, input_shape, 4)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Conv2D(6, 5, padding="same", name="conv1")(inputs)
     x = layers.MaxPooling2D(2, name="pool1")(x)

@@ -6,7 +6,7 @@ import keras
 from keras import layers
 
 from ..errors import ConfigError, choices_message
-from .layers import activation_layer, check_activation, classifier_head, conv_bn
+from .layers import activation_layer, check_activation, check_min_size, classifier_head, conv_bn
 
 CIFAR_FILTERS = (16, 32, 64)
 IMAGENET_FILTERS = (64, 128, 256, 512)
@@ -122,6 +122,9 @@ def imagenet_resnet(
         if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ConfigError(f"{option} must be a dropout rate in [0, 1); received {rate!r}.")
     check_activation(activation)
+    if stem == "imagenet":  # stem and stages shrink 32-fold: below 17 the last two stages see 1x1 maps
+        check_min_size(f"{name} with stem='imagenet'", input_shape, 17,
+                       "Use the small stem for tiny images (model_options stem='small') or resize them (image_size).")
     block, stage_sizes = IMAGENET_STAGES[depth]
     inputs = keras.Input(input_shape, name="image")
     x = _stem(inputs, stem, IMAGENET_FILTERS[0], activation)

@@ -11,8 +11,6 @@ import time
 
 import keras
 
-from .run_folder import BEST
-
 
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds `learning_rate` to each epoch's logs: the rate the epoch's last step used.
@@ -70,8 +68,8 @@ class RunKeeper(keras.callbacks.Callback):
         state = self.state
         state.history.append(row)
         state.epochs_done = epoch + 1
-        self._track_best(row)
-        self.folder.save_checkpoint(self.model, state, epoch + 1)
+        best = self._track_best(row)
+        self.folder.save_checkpoint(self.model, state, epoch + 1, best=best)
 
     def _monitored(self, row):
         """The monitored value; a model compiled without accuracy falls back to its loss."""
@@ -81,21 +79,20 @@ class RunKeeper(keras.callbacks.Callback):
         return row.get(self.monitor)
 
     def _track_best(self, row):
+        """Updates the best value and patience count; True when this epoch is the new best."""
         value = self._monitored(row)
         state = self.state
         if value is None or not math.isfinite(value):
-            return
+            return False
         better = state.best is None or (value > state.best if self.maximize else value < state.best)
         if better or (value == state.best and self._lower_tie_loss(row)):
-            # The best weights are written before the state that names their epoch; a kill in
-            # between leaves best weights one epoch newer than state.best_epoch, never older.
             state.best, state.best_epoch, state.wait = value, row["epoch"], 0
-            self.folder.save_weights(self.model, BEST)
-            return
+            return True
         state.wait += 1
         if self.patience and state.wait >= self.patience:
             state.stopped_early = True
             self.model.stop_training = True
+        return False
 
     def _lower_tie_loss(self, row):
         """Breaks a tie in an accuracy monitor by the matching loss.

@@ -267,11 +267,17 @@ def _positive_float(name, value):
 
 
 def read_config_file(path):
-    """Reads a TOML or YAML mapping, with one clear error for a missing or malformed file."""
+    """Reads a TOML, YAML or JSON mapping (a run's config.json reruns it), with one clear error for
+    a missing or malformed file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
+        if path.suffix == ".json":
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path} must hold a mapping of settings.")
+            return values
         if path.suffix == ".toml":
             import tomllib
 
@@ -287,7 +293,7 @@ def read_config_file(path):
         raise
     except Exception as error:  # tomllib and yaml raise their own types
         raise ConfigError(f"Cannot parse {path}: {error}") from None
-    raise ConfigError(f"Config file {path} must end in .toml, .yaml or .yml.")
+    raise ConfigError(f"Config file {path} must end in .toml, .yaml, .yml or .json.")
 
 
 def write_toml(values, path):

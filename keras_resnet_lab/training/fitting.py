@@ -83,7 +83,7 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
             plateau.first_epoch = start  # each phase starts its own patience count
             if initial_epoch <= start:
                 model.optimizer.learning_rate = learning_rate
-        train_split, validation = _splits(data, batch_size, config)
+        train_split, validation = _splits(data, batch_size, config, first_epoch=max(start, initial_epoch))
         if steps_per_epoch and hasattr(train_split, "repeat"):  # a tf.data pipeline (not a generator)
             train_split = train_split.repeat()
         with split_batches(model, config.cpu_replicas):
@@ -111,12 +111,17 @@ def _validation_of(data):
     return data[1] if isinstance(data, tuple) else data.validation
 
 
-def _splits(data, batch_size, config):
-    """(train, validation) batched by `batch_size`, with one-hot labels under label smoothing."""
+def _splits(data, batch_size, config, first_epoch):
+    """(train, validation) batched by `batch_size`, with one-hot labels under label smoothing.
+
+    The train split's next pass is epoch `first_epoch` of its seeded orders, so a resumed run
+    shuffles and augments as the uninterrupted run did.
+    """
     if isinstance(data, tuple):
         (train_split, validation), num_classes = data, None
     else:
         rebatched = data.with_batch_size(batch_size)
+        rebatched.start_training_at(first_epoch)
         train_split, validation, num_classes = rebatched.train, rebatched.validation, data.num_classes
     if not config.label_smoothing:
         return train_split, validation

@@ -33,7 +33,6 @@ MODEL = "model.keras"
 METRICS = "metrics.json"
 DATA = "data.json"
 CHECKPOINTS = "checkpoints"
-BEST = f"{CHECKPOINTS}/best.weights.h5"
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -54,6 +53,7 @@ class RunState:
     stopped_early: bool = False
     finished: bool = False
     checkpoint: Optional[str] = None
+    best_checkpoint: Optional[str] = None
 
 
 def model_fingerprint(model):
@@ -227,14 +227,20 @@ class RunFolder:
         with atomic_path(self / name) as tmp:
             model.save_weights(tmp)
 
-    def save_checkpoint(self, model, state, epoch):
-        """The epoch's weights; then the state naming them; then the previous checkpoint goes."""
+    def save_checkpoint(self, model, state, epoch, best=False):
+        """The epoch's weights (and, if `best`, a copy as the best); then the state naming them;
+        then the files it no longer names go. A kill at any point leaves a state whose files exist."""
         name = f"{CHECKPOINTS}/epoch-{epoch:04d}.weights.h5"
         self.save_weights(model, name)
-        previous, state.checkpoint = state.checkpoint, name
+        previous = {state.checkpoint, state.best_checkpoint}
+        state.checkpoint = name
+        if best:
+            state.best_checkpoint = f"{CHECKPOINTS}/best-epoch-{epoch:04d}.weights.h5"
+            with atomic_path(self / state.best_checkpoint) as tmp:
+                shutil.copyfile(self / name, tmp)
         self.save_state(state)
-        if previous and previous != name:
-            (self / previous).unlink(missing_ok=True)
+        for stale in previous - {state.checkpoint, state.best_checkpoint, None}:
+            (self / stale).unlink(missing_ok=True)
 
     def restore(self, model, state):
         """Loads the last checkpoint (weights and optimizer state) into a compiled `model`."""
@@ -242,9 +248,10 @@ class RunFolder:
             model.optimizer.build(model.trainable_variables)
         self._load_weights(model, state.checkpoint)
 
-    def load_best(self, model):
-        if (self / BEST).is_file():
-            self._load_weights(model, BEST)
+    def load_best(self, model, state):
+        """Loads the best epoch's weights, if the run kept any, into `model`."""
+        if state.best_checkpoint:
+            self._load_weights(model, state.best_checkpoint)
 
     def _load_weights(self, model, name):
         try:

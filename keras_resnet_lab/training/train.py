@@ -107,7 +107,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
             folder.restore(model, state)
             _say(config, f"Resuming {folder.path} after epoch {state.epochs_done}.")
         _fit(model, bundle, config, state, folder, list(callbacks))
-        folder.load_best(model)
+        folder.load_best(model, state)
         return _finish(model, bundle, config, state, folder)
     finally:
         folder.unlock()
