@@ -42,6 +42,7 @@ class Case:
     mixed_precision: bool = False
     steps_per_execution: int = None  # None: `train`'s default for the model
     cpu_replicas: int = 1  # `TrainConfig.cpu_replicas`
+    model_options: tuple = ()  # (name, value) pairs; default: the small stem for resnet18
 
     @property
     def label(self):
@@ -59,7 +60,8 @@ class Case:
     @classmethod
     def from_json(cls, text):
         fields = json.loads(text)
-        return cls(**{**fields, "shape": tuple(fields["shape"])})
+        return cls(**{**fields, "shape": tuple(fields["shape"]),
+                      "model_options": tuple(tuple(pair) for pair in fields.get("model_options", ()))})
 
 
 CPU_CASES = [
@@ -78,6 +80,8 @@ GPU_CASES = [
     Case("cifar_resnet20", 128, (32, 32, 3), device="gpu", steps_per_execution=16),
 ]
 TARGET_ACCURACY = 0.99
+# Recipes whose real epochs are timed against their model's throughput case (`--recipe`).
+RECIPE_CASES = ["seed000-mnist-baseline", "seed002-mnist-resnet20"]
 
 
 def peak_rss_mb():
@@ -139,10 +143,10 @@ def sample_count(case):
 
 def keras_throughput(case, quick):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras_resnet_lab as lab  # first, as a script would: it picks TensorFlow's kernels before TensorFlow loads
+
     import keras
     import numpy as np
-
-    import keras_resnet_lab as lab
     from keras_resnet_lab.training import fitting
     from keras_resnet_lab.training.compiling import gpu_available
     from keras_resnet_lab.training.replicas import configure_cpu_replicas
@@ -156,7 +160,7 @@ def keras_throughput(case, quick):
         tf.config.set_visible_devices([], "GPU")
     elif not gpu_available():
         return {"error": f"no GPU visible to Keras's {backend} backend"}
-    options = {"stem": "small"} if case.model == "resnet18" else {}
+    options = dict(case.model_options) or ({"stem": "small"} if case.model == "resnet18" else {})
     steps, windows = window_steps(case, quick)
     config = lab.TrainConfig(model=case.model, model_options=options, batch_size=case.batch, optimizer="adam",
                              learning_rate=1e-3, mixed_precision=case.mixed_precision, epochs=windows + 1,
@@ -179,7 +183,7 @@ def keras_throughput(case, quick):
 
     fitting.fit(model, config, (data, None), steps_per_epoch=steps, callbacks=[Clock()])
     return {**timed.summary(skip=1), "peak_rss_mb": peak_rss_mb(), "backend": backend,  # epoch 1 is the warm-up
-            "device_name": _keras_device_name(backend, case),
+            "device_name": _keras_device_name(backend, case), "onednn": _onednn(backend),
             "steps_per_execution": model.steps_per_execution, "parameters": lab.parameter_counts(model)["trainable"]}
 
 
@@ -204,6 +208,15 @@ def _device_batches(x, y, case):
     return (batch for batch in itertools.cycle(batches))  # fit takes generators, not other iterators
 
 
+def _onednn(backend):
+    """Whether TensorFlow runs its oneDNN kernels in this worker (None off the TensorFlow backend)."""
+    if backend != "tensorflow":
+        return None
+    from keras_resnet_lab.hardware import onednn_enabled
+
+    return onednn_enabled()
+
+
 def _keras_device_name(backend, case):
     if case.device == "cpu":
         return "cpu"
@@ -220,10 +233,10 @@ def _keras_device_name(backend, case):
 
 def keras_time_to_accuracy(data_dir, quick):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras_resnet_lab as lab  # before keras, as in keras_throughput
+
     import keras
     import numpy as np
-
-    import keras_resnet_lab as lab
     from keras_resnet_lab.training.evaluation import predict_labels
 
     recipe = lab.get_recipe("seed000-mnist-baseline").config(data_dir=data_dir, verbose="quiet", overwrite=True,
@@ -244,8 +257,41 @@ def keras_time_to_accuracy(data_dir, quick):
             curve.append(float(np.mean(y_true == y_pred)))
 
     result = lab.train(recipe.model, bundle, config=recipe, callbacks=[TestAccuracy()])
-    seconds = np.cumsum([row["seconds"] for row in result.history])
+    seconds = np.cumsum(result.history["seconds"])
     return _tta(curve, seconds, epochs)
+
+
+RECIPE_EPOCHS = 3  # the first is the warm-up (tracing)
+RECIPE_SUBSET = 500  # training images per class: an epoch of seconds, not minutes, with every stage a real one has
+
+
+def keras_recipe_epoch(name, data_dir, quick):
+    """A real recipe's training epochs through `train`: its data pipeline, augmentation, validation
+    pass and checkpoints, on `RECIPE_SUBSET` images per class. Returns images/s of the epochs after
+    the first, and the throughput case with the same model, options, batch and input."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras_resnet_lab as lab
+
+    config = lab.get_recipe(name).config(data_dir=data_dir, verbose="quiet", overwrite=True, reports=False,
+                                         run_dir=f"benchmarks/results/recipe-{name}")
+    batch = config.resolved_phases()[0][3]  # the first phase's batch size
+    subset = 20 if quick else RECIPE_SUBSET
+    config = config.replace(epochs=2 if quick else RECIPE_EPOCHS, phases=[], batch_size=batch, schedule="constant",
+                            early_stopping_patience=None,
+                            dataset_options={**config.dataset_options, "train_subset_per_class": subset})
+    result = lab.train(config)
+    seconds = result.history["seconds"][1:]
+    examples = _train_examples(result.run_dir)
+    model = result.model
+    case = Case(config.model, batch, tuple(model.input_shape[1:]), steps_per_execution=model.steps_per_execution,
+                cpu_replicas=config.cpu_replicas, model_options=tuple(sorted(config.model_options.items())))
+    return {"images_per_second": examples / statistics.median(seconds), "epoch_seconds": seconds,
+            "train_examples": examples, "case": json.loads(case.to_json()), "peak_rss_mb": peak_rss_mb()}
+
+
+def _train_examples(run_dir):
+    identity = json.loads((Path(run_dir) / "identity.json").read_text())
+    return identity["data"]["num_examples"]["train"]
 
 
 def _tta(curve, seconds, epochs):
@@ -257,7 +303,8 @@ def _tta(curve, seconds, epochs):
 
 # ------------------------------------------------------------------ the PyTorch reference
 
-def torch_throughput(case, quick, channels_last=False, threads=None):
+def torch_throughput(case, quick, channels_last=False, threads=None, compiled=False):
+    """PyTorch's images/s for `case`: eager, or `compiled` with `torch.compile` (inductor)."""
     import torch
 
     from benchmarks.torch_models import build, parameter_count
@@ -271,6 +318,7 @@ def torch_throughput(case, quick, channels_last=False, threads=None):
     model, chw = build(case.model, case.num_classes)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    trained = torch.compile(model) if compiled else model  # inductor, PyTorch's default backend
     count = sample_count(case)
     x = torch.rand(count, *chw, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, case.num_classes, (count,), device=device)
@@ -287,14 +335,19 @@ def torch_throughput(case, quick, channels_last=False, threads=None):
             index = torch.randint(0, count, (case.batch,), device=device)
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device.type, half, enabled=case.mixed_precision):
-                loss = loss_fn(model(x[index]), y[index])
+                loss = loss_fn(trained(x[index]), y[index])
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    run(steps)
+    try:
+        run(steps)  # the warm-up; compiles the model under torch.compile
+    except Exception as error:  # inductor needs a C++ compiler and Python headers; say why it failed
+        if not compiled:
+            raise
+        return {"error": f"torch.compile failed: {(str(error).strip().splitlines() or [type(error).__name__])[0][:200]}"}
     timed = Windows()
     for _ in range(windows):
         timed.start()
@@ -361,8 +414,12 @@ def _worker(argv):
         case = Case.from_json(payload)
         if framework == "keras":
             result = keras_throughput(case, quick)
+        elif framework == "torch-compiled":  # inductor's CPU convolutions prefer channels-last
+            result = torch_throughput(case, quick, channels_last=case.device == "cpu", compiled=True)
         else:
             result = torch_throughput(case, quick, channels_last="--torch-channels-last" in argv)
+    elif kind == "recipe":
+        result = keras_recipe_epoch(payload, argv[3], quick)
     else:
         fn = keras_time_to_accuracy if framework == "keras" else torch_time_to_accuracy
         result = fn(payload, quick)
@@ -396,23 +453,28 @@ def _median_of(samples):
             **{key: first[key] for key in ("parameters", "backend", "device_name", "steps_per_execution") if key in first}}
 
 
-def _alternate(args, repeats, torch_ok, timeout=1200):
-    """Runs the worker `args` for ours, then PyTorch, `repeats` times: (our results, theirs)."""
-    ours, theirs = [], []
+def _alternate(args, repeats, torch_ok, timeout=1200, frameworks=("keras", "torch")):
+    """Runs the worker `args` for each framework in turn, `repeats` times: their results, in order."""
+    frameworks = [f for f in frameworks if f == "keras" or torch_ok]
+    results = {framework: [] for framework in frameworks}
     for _ in range(repeats):
-        ours.append(run_worker([args[0], "keras", *args[1:]], timeout))
-        if torch_ok:
-            theirs.append(run_worker([args[0], "torch", *args[1:]], timeout))
-    return ours, theirs
+        for framework in frameworks:
+            results[framework].append(run_worker([args[0], framework, *args[1:]], timeout))
+    return results.get("keras", []), results.get("torch", []), results.get("torch-compiled", [])
 
 
-def measure_case(case, repeats, flags, torch_ok):
-    """Alternates ours and PyTorch `repeats` times, then takes each side's median."""
-    ours, theirs = _alternate(["throughput", case.to_json(), *flags], repeats, torch_ok)
-    ours, theirs = _median_of(ours), _median_of(theirs)
-    ratio = (ours["images_per_second"] / theirs["images_per_second"]
-             if ours.get("images_per_second") and theirs.get("images_per_second") else None)
-    return {"case": _row_label(case, ours, theirs), "ours": ours, "torch": theirs, "ratio": ratio}
+def _ratio(ours, theirs):
+    return (ours["images_per_second"] / theirs["images_per_second"]
+            if ours.get("images_per_second") and theirs.get("images_per_second") else None)
+
+
+def measure_case(case, repeats, flags, torch_ok, compiled=True):
+    """Alternates ours, PyTorch eager and PyTorch compiled `repeats` times; each side's median."""
+    frameworks = ("keras", "torch", "torch-compiled") if compiled and case.device == "cpu" else ("keras", "torch")
+    ours, theirs, compiled_runs = (_median_of(r) for r in _alternate(["throughput", case.to_json(), *flags], repeats,
+                                                                     torch_ok, frameworks=frameworks))
+    return {"case": _row_label(case, ours, theirs), "ours": ours, "torch": theirs, "ratio": _ratio(ours, theirs),
+            "torch_compiled": compiled_runs, "ratio_compiled": _ratio(ours, compiled_runs)}
 
 
 def _row_label(case, ours, theirs):
@@ -427,7 +489,7 @@ def _row_label(case, ours, theirs):
 
 def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
     """Alternates ours and PyTorch `repeats` times; each side keeps the median seconds to target."""
-    ours, theirs = _alternate(["tta", data_dir, *quick], repeats, torch_ok, timeout=3000)
+    ours, theirs, _ = _alternate(["tta", data_dir, *quick], repeats, torch_ok, timeout=3000)
     summary = {}
     for side, results in (("ours", ours), ("torch", theirs)):
         if not results:  # PyTorch not installed
@@ -442,6 +504,20 @@ def measure_time_to_accuracy(data_dir, repeats, quick, torch_ok):
         summary[side] = {**middle, "seconds_to_target": median, "samples": reached,
                          "cores_samples": [r.get("cores") for r in done]}
     return summary
+
+
+def measure_recipe(name, data_dir, repeats, quick):
+    """A recipe's epoch images/s against its model's throughput case, alternated `repeats` times."""
+    recipes, throughputs = [], []
+    for _ in range(repeats):
+        recipes.append(run_worker(["recipe", "keras", name, data_dir, *quick], timeout=3000))
+        if "case" in recipes[-1]:
+            case = Case.from_json(json.dumps(recipes[-1]["case"]))
+            throughputs.append(run_worker(["throughput", "keras", case.to_json(), *quick]))
+    recipe, throughput = _median_of(recipes), _median_of(throughputs)
+    label = Case.from_json(json.dumps(recipes[0]["case"])).label if "case" in recipes[0] else "-"
+    return {"recipe": name, "case": label, "recipe_epoch": recipe, "throughput": throughput,
+            "ratio": _ratio(recipe, throughput)}
 
 
 def _gpu_visible():
@@ -471,14 +547,64 @@ def _samples(result):
     return ", ".join(_fmt(v, "{:.1f}") for v in result.get("samples", []))
 
 
+HEADER = ("case", "ours img/s", "PyTorch img/s", "PyTorch compiled img/s", "ours/PyTorch", "ours/compiled",
+          "cores busy ours / PyTorch", "ours peak MB", "PyTorch peak MB")
+
+
+def _cells(row):
+    ours, theirs, compiled = row["ours"], row["torch"], row.get("torch_compiled", {})
+    return [row["case"], _fmt(ours.get("images_per_second")), _fmt(theirs.get("images_per_second")),
+            _fmt(compiled.get("images_per_second")) if "error" not in compiled else "failed",
+            _fmt(row["ratio"], "{:.2f}"), _fmt(row.get("ratio_compiled"), "{:.2f}"), _cores(ours, theirs),
+            _fmt(ours.get("peak_rss_mb")), _fmt(theirs.get("peak_rss_mb"))]
+
+
+def _line(cells, widths=(40, 11, 13, 22, 12, 13, 25, 12, 15)):
+    return " ".join(f"{cell:>{w}}" if i else f"{cell:<{w}}" for i, (cell, w) in enumerate(zip(cells, widths)))
+
+
 def _print_row(row):
-    ours, theirs = row["ours"], row["torch"]
-    print(f"{row['case']:<40} {_fmt(ours.get('images_per_second')):>11} {_fmt(theirs.get('images_per_second')):>12} "
-          f"{_fmt(row['ratio'], '{:.2f}'):>6} {_cores(ours, theirs):>13} {_fmt(ours.get('peak_rss_mb')):>8} "
-          f"{_fmt(theirs.get('peak_rss_mb')):>9} {_fmt(ours.get('parameters')):>11}", flush=True)
-    for side in (ours, theirs):
+    print(_line(_cells(row)), flush=True)
+    for side in ("ours", "torch", "torch_compiled"):
+        if "error" in row.get(side, {}):
+            print(f"    {side} error: {row[side]['error']}")
+
+
+def _print_recipe(row):
+    recipe, throughput = row["recipe_epoch"], row["throughput"]
+    print(f"{row['recipe']:<28} {row['case']:<40} {_fmt(recipe.get('images_per_second')):>10} "
+          f"{_fmt(throughput.get('images_per_second')):>11} {_fmt(row['ratio'], '{:.2f}'):>6}", flush=True)
+    for side in (recipe, throughput):
         if "error" in side:
             print(f"    error: {side['error']}")
+
+
+def machine():
+    """Where the figures were taken: CPU model, ISA flags, cores, libraries, kernel settings."""
+    import importlib.metadata
+    import platform
+
+    from keras_resnet_lab.hardware import cpu_family, cpu_info  # imports no framework
+
+    info = cpu_info()
+    versions = {}
+    for name in ("tensorflow", "keras", "torch", "jax", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    settings = {k: os.environ[k] for k in ("TF_ENABLE_ONEDNN_OPTS", "ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                                           "KERAS_BACKEND") if k in os.environ}
+    return {"cpu": info["model"], "isa": info["isa"], "family": cpu_family(info), "cores": info["cores"],
+            "python": platform.python_version(), "versions": versions, "environment": settings}
+
+
+def describe(meta):
+    """One line naming the machine, for the printed and written results."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+    settings = ", ".join(f"{k}={v}" for k, v in meta["environment"].items()) or "no kernel variables set"
+    return (f"{meta['cpu']} ({meta['family']}: {' '.join(meta['isa']) or 'no AVX2'}), {meta['cores']} cores; "
+            f"{versions}; {settings}")
 
 
 def main(argv=None):
@@ -496,6 +622,10 @@ def main(argv=None):
                         help="run the PyTorch reference in channels-last memory format (its tuned GPU setting)")
     parser.add_argument("--model", action="append", choices=sorted({c.model for c in CPU_CASES + GPU_CASES}),
                         help="only this model's cases, without time-to-accuracy (repeatable)")
+    parser.add_argument("--recipe", action="append", metavar="NAME",
+                        help="time a real recipe epoch against its model's throughput case (repeatable; needs "
+                             "--data-dir; default with --data-dir: " + ", ".join(RECIPE_CASES) + ")")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (they compile for ~1 min)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     for flag, value in (("--repeats", args.repeats), ("--tta-repeats", args.tta_repeats)):
@@ -514,12 +644,22 @@ def main(argv=None):
         print("No GPU visible to Keras: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
     if args.model:
         cases = [case for case in cases if case.model in args.model]
+    meta = machine()
+    print(f"Machine: {describe(meta)}")
     rows = []
-    print(f"{'case':<40} {'ours img/s':>11} {'torch img/s':>12} {'ratio':>6} {'cores ours/pt':>13} {'ours MB':>8} "
-          f"{'torch MB':>9} {'params':>11}")
+    print(_line(HEADER))
     for case in cases:
-        rows.append(measure_case(case, repeats, quick + reference, torch_ok))
+        rows.append(measure_case(case, repeats, quick + reference, torch_ok, compiled=not args.no_compiled))
         _print_row(rows[-1])
+    recipes = []
+    names = args.recipe or ([] if args.model or not args.data_dir else RECIPE_CASES[:1] if args.quick else RECIPE_CASES)
+    if names and not args.data_dir:
+        parser.error("--recipe needs --data-dir (or KERAS_RESNET_LAB_DATA): a recipe reads its real dataset")
+    if names:
+        print(f"\n{'recipe epoch':<28} {'throughput case':<40} {'recipe img/s':>10} {'case img/s':>11} {'ratio':>6}")
+    for name in names:
+        recipes.append(measure_recipe(name, args.data_dir, repeats, quick))
+        _print_recipe(recipes[-1])
     tta = {}
     if args.model:
         print("\nTime-to-accuracy skipped: --model measures throughput only.")
@@ -534,8 +674,13 @@ def main(argv=None):
                   f"{'  error: ' + result['error'] if 'error' in result else ''}")
     else:
         print("\nTime-to-accuracy skipped: pass --data-dir (real MNIST) or set KERAS_RESNET_LAB_DATA.")
-    _write(Path(args.out), rows, tta, {"quick": args.quick, "repeats": repeats,
-                                       "torch_channels_last": args.torch_channels_last})
+    _write(Path(args.out), rows, tta, recipes, {**meta, "quick": args.quick, "repeats": repeats,
+                                                "torch_channels_last": args.torch_channels_last})
+    ours = [row["ours"] for row in rows] + [tta.get("ours", {})] + [r[k] for r in recipes for k in ("recipe_epoch", "throughput")]
+    failed = [side["error"] for side in ours if "error" in side]
+    if failed:  # CI runs --quick to check that our side runs: an error of ours fails it (PyTorch's do not)
+        print(f"\n{len(failed)} of our measurements failed; the first: {failed[0]}", file=sys.stderr)
+        return 1
 
 
 def write_atomic(path, text):
@@ -547,20 +692,18 @@ def write_atomic(path, text):
     os.replace(temporary, path)
 
 
-def _write(folder, rows, tta, settings):
-    import platform
-
-    meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "date": time.strftime("%Y-%m-%d"), **settings}
-    write_atomic(folder / "benchmark.json", json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta},
-                                                       indent=1))
-    lines = ["| case | ours img/s | PyTorch img/s | ours/PyTorch | cores busy ours / PyTorch | ours peak MB | PyTorch peak MB |",
-             "|---|---|---|---|---|---|---|"]
-    for row in rows:
-        ours, theirs = row["ours"], row["torch"]
-        lines.append(f"| {row['case']} | {_fmt(ours.get('images_per_second'))} | {_fmt(theirs.get('images_per_second'))} | "
-                     f"{_fmt(row['ratio'], '{:.2f}')} | {_cores(ours, theirs)} | {_fmt(ours.get('peak_rss_mb'))} | "
-                     f"{_fmt(theirs.get('peak_rss_mb'))} |")
+def _write(folder, rows, tta, recipes, meta):
+    meta = {**meta, "date": time.strftime("%Y-%m-%d")}
+    write_atomic(folder / "benchmark.json", json.dumps({"meta": meta, "throughput": rows, "time_to_accuracy": tta,
+                                                       "recipes": recipes}, indent=1))
+    lines = [f"Machine: {describe(meta)}; {meta['date']}.", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows]
+    if recipes:
+        lines += ["", "| recipe epoch | throughput case | recipe img/s | case img/s | recipe / case |", "|---|---|---|---|---|"]
+        for row in recipes:
+            lines.append(f"| {row['recipe']} | {row['case']} | {_fmt(row['recipe_epoch'].get('images_per_second'))} | "
+                         f"{_fmt(row['throughput'].get('images_per_second'))} | {_fmt(row['ratio'], '{:.2f}')} |")
     if tta:
         lines += ["", f"| time to {TARGET_ACCURACY:.1%} MNIST test accuracy | seconds (median) | runs | "
                       "final accuracy | total seconds | cores busy (median epoch) |", "|---|---|---|---|---|---|"]
@@ -572,4 +715,4 @@ def _write(folder, rows, tta, settings):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,6 +18,11 @@ import os
 # TensorFlow prints C++ INFO lines on import; a user's own setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from .hardware import enable_fast_kernels  # noqa: E402
+
+# Before TensorFlow loads: its fast oneDNN kernels on every x86 CPU, not only AVX-512 ones.
+enable_fast_kernels()
+
 from .errors import ConfigError, DataError, LabError, TrainingDiverged  # noqa: E402
 from .training.config import Phase, TrainConfig  # noqa: E402
 from .training.recipes import get_recipe, list_recipes  # noqa: E402

@@ -13,6 +13,7 @@ from . import fitting
 from .callbacks import RunKeeper
 from .config import TrainConfig
 from .evaluation import classification_metrics, predict_labels
+from ..hardware import check_fast_kernels
 from .replicas import configure_cpu_replicas
 from .report import write_run_report
 from .run_folder import RunFolder, data_contract, default_run_dir, run_identity
@@ -86,6 +87,7 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
     config, model, dataset = resolve(model, dataset, config, settings)
     keep_compile = isinstance(model, keras.Model) and model.compiled and not (settings.keys() & COMPILE_SETTINGS)
     configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
+    check_fast_kernels()
     keras.utils.set_random_seed(config.seed)
     bundle = _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model)
     _evaluation_split(bundle)  # data with nothing to evaluate on is refused before it trains
