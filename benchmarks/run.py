@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class Case:
     steps_per_execution: int = None  # None: `train`'s default for the model
     cpu_replicas: int = 1  # `TrainConfig.cpu_replicas`
     model_options: tuple = ()  # (name, value) pairs; default: the small stem for resnet18
+    jit_compile: bool = False  # `TrainConfig.jit_compile`: XLA
 
     @property
     def label(self):
@@ -51,7 +53,8 @@ class Case:
         size = "x".join(map(str, self.shape[:2]))
         calls = f" spe{self.steps_per_execution}" if self.steps_per_execution else ""
         replicas = f" cpu_replicas={self.cpu_replicas}" if self.cpu_replicas > 1 else ""
-        return f"{self.model}{extra} {size} b{self.batch}{precision}{calls}{replicas} {self.device}"
+        xla = " xla" if self.jit_compile else ""
+        return f"{self.model}{extra} {size} b{self.batch}{precision}{calls}{replicas}{xla} {self.device}"
 
     def to_json(self):
         """The case as a worker subprocess's argument."""
@@ -164,7 +167,8 @@ def keras_throughput(case, quick):
     steps, windows = window_steps(case, quick)
     config = lab.TrainConfig(model=case.model, model_options=options, batch_size=case.batch, optimizer="adam",
                              learning_rate=1e-3, mixed_precision=case.mixed_precision, epochs=windows + 1,
-                             steps_per_execution=case.steps_per_execution, cpu_replicas=case.cpu_replicas).validate()
+                             steps_per_execution=case.steps_per_execution, cpu_replicas=case.cpu_replicas,
+                             jit_compile=case.jit_compile).validate()
     configure_cpu_replicas(config.cpu_replicas)  # as `train` does, before any TensorFlow op
     rng = np.random.default_rng(0)
     count = sample_count(case)
@@ -238,11 +242,13 @@ def keras_time_to_accuracy(data_dir, quick):
     import keras
     import numpy as np
     from keras_resnet_lab.training.evaluation import predict_labels
+    from keras_resnet_lab.training.replicas import auto_cpu_replicas
 
     recipe = lab.get_recipe("seed000-mnist-baseline").config(data_dir=data_dir, verbose="quiet", overwrite=True,
                                                              run_dir="benchmarks/results/tta-keras")
     if quick:
         recipe = recipe.replace(epochs=1, dataset_options={**recipe.dataset_options, "train_subset_per_class": 200})
+    recipe = recipe.replace(cpu_replicas=auto_cpu_replicas(recipe))  # as `keras-resnet-lab train --recipe` runs it
     bundle = lab.load_dataset("mnist", data_dir=data_dir, batch_size=recipe.batch_size, seed=recipe.seed,
                               validation_split=recipe.validation_split, **recipe.dataset_options)
     curve, epochs = [], Windows()
@@ -271,6 +277,7 @@ def keras_recipe_epoch(name, data_dir, quick):
     the first, and the throughput case with the same model, options, batch and input."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras_resnet_lab as lab
+    from keras_resnet_lab.training.replicas import auto_cpu_replicas
 
     config = lab.get_recipe(name).config(data_dir=data_dir, verbose="quiet", overwrite=True, reports=False,
                                          run_dir=f"benchmarks/results/recipe-{name}")
@@ -279,6 +286,7 @@ def keras_recipe_epoch(name, data_dir, quick):
     config = config.replace(epochs=2 if quick else RECIPE_EPOCHS, phases=[], batch_size=batch, schedule="constant",
                             early_stopping_patience=None,
                             dataset_options={**config.dataset_options, "train_subset_per_class": subset})
+    config = config.replace(cpu_replicas=auto_cpu_replicas(config))  # as `keras-resnet-lab train --recipe` runs it
     result = lab.train(config)
     seconds = result.history["seconds"][1:]
     examples = _train_examples(result.run_dir)
@@ -625,6 +633,7 @@ def main(argv=None):
     parser.add_argument("--recipe", action="append", metavar="NAME",
                         help="time a real recipe epoch against its model's throughput case (repeatable; needs "
                              "--data-dir; default with --data-dir: " + ", ".join(RECIPE_CASES) + ")")
+    parser.add_argument("--xla", action="store_true", help="add each CPU case with jit_compile=True (XLA), ours only")
     parser.add_argument("--no-compiled", action="store_true", help="skip the torch.compile rows (they compile for ~1 min)")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -644,6 +653,8 @@ def main(argv=None):
         print("No GPU visible to Keras: the GPU cases (ResNet-50 224x224 mixed fp16, cifar_resnet20) are skipped.")
     if args.model:
         cases = [case for case in cases if case.model in args.model]
+    if args.xla:
+        cases += [dataclasses.replace(case, jit_compile=True) for case in cases if case.device == "cpu"]
     meta = machine()
     print(f"Machine: {describe(meta)}")
     rows = []

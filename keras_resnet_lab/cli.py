@@ -107,11 +107,26 @@ def cmd_train(args):
         config = config.replace(model=args.model)
     if args.dataset:
         config = config.replace(dataset=args.dataset)
-    result = train(_merge(config, _overrides(args)))
+    overrides = _overrides(args)
+    config = _merge(config, overrides)
+    if "cpu_replicas" not in overrides and config.cpu_replicas == 1:
+        config = _auto_replicas(config, args)
+    result = train(config)
     print(f"{result.metrics['split']} accuracy {result.metrics['accuracy']:.4f}  macro F1 "
           f"{result.metrics['f1_macro']:.4f}  run folder {result.run_dir}")
     if args.export:
         _export(result.run_dir)
+
+
+def _auto_replicas(config, args):
+    """This process trains one model: split its batches across the cores where that is faster."""
+    from .training.replicas import auto_cpu_replicas
+
+    count = auto_cpu_replicas(config.validate())
+    if count > 1 and not args.quiet:
+        print(f"cpu_replicas={count}: each batch split across the {count} cores ({config.model} has no batch norm); "
+              "--set cpu_replicas=1 turns it off.")
+    return config.replace(cpu_replicas=count)
 
 
 def _export(run_dir):

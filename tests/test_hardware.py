@@ -88,3 +88,26 @@ def test_onednn_kernels_compute_what_the_default_kernels_do(tmp_path):
         # Float32 sums in another order: tiny elements differ more, the tensor as a whole agrees.
         relative = np.linalg.norm(results["1"][key] - value) / max(np.linalg.norm(value), 1e-12)
         assert relative < 1e-3, (key, relative)
+
+
+def test_the_command_line_splits_batches_only_where_it_was_measured_faster(monkeypatch):
+    from keras_resnet_lab import ConfigError, TrainConfig
+    from keras_resnet_lab.training import replicas
+
+    configured = []
+    monkeypatch.setattr(replicas, "configure_cpu_replicas", configured.append)
+    monkeypatch.setattr(replicas.os, "cpu_count", lambda: 2)
+    assert replicas.auto_cpu_replicas(TrainConfig(model="baseline_cnn")) == 2 and configured == [2]
+    assert replicas.auto_cpu_replicas(TrainConfig(model="mnist_resnet")) == 2
+    assert replicas.auto_cpu_replicas(TrainConfig(model="mnist_resnet", model_options={"batch_norm": True})) == 1
+    assert replicas.auto_cpu_replicas(TrainConfig(model="cifar_resnet20")) == 1
+    assert replicas.auto_cpu_replicas(TrainConfig(model="baseline_cnn", batch_size=1)) == 1
+    monkeypatch.setattr(replicas.os, "cpu_count", lambda: 16)  # not measured there: one replica
+    assert replicas.auto_cpu_replicas(TrainConfig(model="baseline_cnn")) == 1
+
+    def refuse(count):
+        raise ConfigError("TensorFlow already started")
+
+    monkeypatch.setattr(replicas.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(replicas, "configure_cpu_replicas", refuse)
+    assert replicas.auto_cpu_replicas(TrainConfig(model="baseline_cnn")) == 1

@@ -22,21 +22,21 @@ register(
     description="Seed 004's MNISTNetwork: LeNet-5 with 'same' 5x5 convs (107,786 params)",
 )
 register(
-    "mnist_resnet", lenet_resnet, input_shape=(28, 28, 1),
+    "mnist_resnet", lenet_resnet, input_shape=(28, 28, 1), batch_norm="batch_norm",
     description="Seed 004's MNISTResNetwork: LeNet-5 with residual blocks, num_blocks per stage",
 )
 register(
-    "cifar_resnet", cifar_resnet, input_shape=(32, 32, 3),
+    "cifar_resnet", cifar_resnet, input_shape=(32, 32, 3), batch_norm=True,
     description="He et al. 2016 sec. 4.2 CIFAR ResNet, depth=6n+2, shortcut A or B",
 )
 for _depth in CIFAR_DEPTHS[:-1]:
     register(
-        f"cifar_resnet{_depth}", cifar_resnet, input_shape=(32, 32, 3), depth=_depth,
+        f"cifar_resnet{_depth}", cifar_resnet, input_shape=(32, 32, 3), depth=_depth, batch_norm=True,
         description=f"cifar_resnet with depth={_depth}",
     )
 for _depth, (_block, _sizes) in IMAGENET_STAGES.items():
     register(
-        f"resnet{_depth}", imagenet_resnet, input_shape=(224, 224, 3), num_classes=1000,
+        f"resnet{_depth}", imagenet_resnet, input_shape=(224, 224, 3), num_classes=1000, batch_norm=True,
         depth=_depth, description=f"torchvision's ResNet-{_depth} ({_block} blocks {_sizes}); stem imagenet|small",
     )
 

@@ -17,6 +17,14 @@ class ModelSpec:
     input_shape: tuple
     num_classes: int
     description: str
+    batch_norm: object = False  # True, False, or the name of the option that decides it
+
+    def uses_batch_norm(self, options=None):
+        """Whether the model built with `options` has batch normalization (known without building it)."""
+        if not isinstance(self.batch_norm, str):
+            return bool(self.batch_norm)
+        default = inspect.signature(self.builder).parameters[self.batch_norm].default
+        return bool({self.batch_norm: default, **self.options, **(options or {})}[self.batch_norm])
 
     def allowed_options(self):
         params = inspect.signature(self.builder).parameters
@@ -26,11 +34,14 @@ class ModelSpec:
 _REGISTRY: dict = {}
 
 
-def register(name, builder, *, description, input_shape, num_classes=10, **options):
-    """Registers `name` as `builder` called with `options` (callers may override any of them)."""
+def register(name, builder, *, description, input_shape, num_classes=10, batch_norm=False, **options):
+    """Registers `name` as `builder` called with `options` (callers may override any of them).
+
+    `batch_norm`: whether the model has batch normalization, or the option that decides it.
+    """
     if name in _REGISTRY:
         raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = ModelSpec(name, builder, options, tuple(input_shape), num_classes, description)
+    _REGISTRY[name] = ModelSpec(name, builder, options, tuple(input_shape), num_classes, description, batch_norm)
 
 
 def list_models():

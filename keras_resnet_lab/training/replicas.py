@@ -19,6 +19,7 @@ TensorFlow work in the process: the first `train` call of a fresh process, the C
 """
 
 import contextlib
+import os
 
 from ..errors import ConfigError
 from .compiling import has_batch_norm
@@ -59,6 +60,34 @@ def configure_cpu_replicas(count):
     except RuntimeError:
         raise ConfigError(f"cpu_replicas={count} needs to set TensorFlow's thread pools before it starts, but "
                           f"this process has already run TensorFlow. {_FIX.format(count=count)}") from None
+
+
+AUTO_CORE_COUNTS = (2,)  # where one part per core was measured faster for every batch-norm-free model
+
+
+def auto_cpu_replicas(config):
+    """The `cpu_replicas` the command line's `train` uses when none is given.
+
+    One part per core where that was measured faster (2-core CPUs: baseline_cnn 1.4-1.9x,
+    mnist_resnet 1.2x, `python -m benchmarks.run`) for a registered model without batch norm,
+    batches of at least one image per core, no GPU, and a process whose TensorFlow has not started
+    yet (it configures the thread pools then); else 1. It suits a process that trains one such
+    model (the command line's): the pools hold for the whole process and would slow a batch-norm
+    model trained after it, so the Python API keeps 1 unless asked.
+    """
+    from ..models import get_spec
+
+    cores = os.cpu_count() or 1
+    batches = [batch for *_, batch in config.resolved_phases()]
+    if cores not in AUTO_CORE_COUNTS or min(batches) < cores:
+        return 1
+    if get_spec(config.model).uses_batch_norm(config.model_options):
+        return 1
+    try:
+        configure_cpu_replicas(cores)
+    except ConfigError:  # a GPU, or TensorFlow already running with its default pools
+        return 1
+    return cores
 
 
 def check_replicable(model, count):
