@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import re
 import shutil
 import sys
 import tomllib
@@ -23,9 +24,10 @@ def _parse_value(key, text):
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError as error:
-        if text and all(c.isalnum() or c in "_-./:" for c in text):
+        if not text.lstrip().startswith(("[", "{", '"', "'")):  # no TOML structure: a plain string (a path, a name)
             return text
-        raise ConfigError(f"--set {key}={text}: not a TOML value ({error}). Quote a string as "
+        where = re.sub(r"column (\d+)", lambda m: f"column {int(m.group(1)) - 4}", str(error))  # less our "v = "
+        raise ConfigError(f"--set {key}={text}: not a TOML value ({where}). Quote a string as "
                          f"{key}='\"...\"'; lists are [1, 2], tables {{key = 1}}.") from None
 
 
@@ -97,10 +99,15 @@ def cmd_train(args):
     from .training.train import train
     from .training.recipes import get_recipe
 
+    from .training.config import read_config_file
+
+    given = set()  # the fields a recipe or config file sets (the flags' are in `overrides`)
     if args.recipe:
         config = get_recipe(args.recipe).config()
+        given = set(get_recipe(args.recipe).settings)
     elif args.config:
         config = TrainConfig.from_file(args.config)
+        given = set(read_config_file(args.config))
     else:
         config = TrainConfig()
     if args.model:
@@ -109,7 +116,7 @@ def cmd_train(args):
         config = config.replace(dataset=args.dataset)
     overrides = _overrides(args)
     config = _merge(config, overrides)
-    if "cpu_replicas" not in overrides and config.cpu_replicas == 1:
+    if "cpu_replicas" not in overrides and "cpu_replicas" not in given:
         config = _auto_replicas(config, args)
     result = train(config)
     print(f"{result.metrics['split']} accuracy {result.metrics['accuracy']:.4f}  macro F1 "
@@ -263,7 +270,7 @@ def _set_distributed_env(args):
         return
     host, _, port = (args.oracle or "127.0.0.1:8000").rpartition(":")
     os.environ["KERASTUNER_TUNER_ID"] = args.role
-    os.environ["KERASTUNER_ORACLE_IP"] = host or "127.0.0.1"
+    os.environ["KERASTUNER_ORACLE_IP"] = host.strip("[]") or "127.0.0.1"  # [::1]:8000 -> ::1
     os.environ["KERASTUNER_ORACLE_PORT"] = port
 
 

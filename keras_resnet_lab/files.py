@@ -27,9 +27,17 @@ def umask_mode(mode):
     return mode & ~mask
 
 
+def _process_space():
+    """This host and PID namespace: two containers on one host may reuse each other's process ids."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
 def _staging_prefix(name):
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f"{STAGING_PREFIX}{os.getpid()}-{host}-{name}-"
+    return f"{STAGING_PREFIX}{os.getpid()}-{_process_space()}-{name}-"
 
 
 def _is_alive(pid):
@@ -37,7 +45,7 @@ def _is_alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by another user
+    except (OSError, OverflowError, ValueError):  # another user's process, or no such id: keep its files
         return True
     return True
 
@@ -70,7 +78,10 @@ def staging_dir(parent, name):
 
 def _exchange(first, second):
     """Atomically swaps two paths (Linux `renameat2(RENAME_EXCHANGE)`); False where unsupported."""
-    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    try:
+        renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except (OSError, TypeError):  # Windows has no process-wide C library handle
+        return False
     if renameat2 is None:
         return False
     at_fdcwd, rename_exchange = -100, 2
@@ -96,7 +107,11 @@ def replace_folder(staging, target):
     if not _exchange(staging, target):
         aside = staging.with_name(staging.name + "-old")
         os.replace(target, aside)
-        os.replace(staging, target)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            os.replace(aside, target)  # put the old one back rather than leave it to stale-staging clean-up
+            raise
         staging = aside
     shutil.rmtree(staging, ignore_errors=True)
 

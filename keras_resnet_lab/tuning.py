@@ -8,6 +8,7 @@ that `keras-resnet-lab train --config` accepts as is.
 """
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -269,7 +270,9 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     one reruns, and the total stays `max_trials`.
     """
     config = _resolve(model, dataset, config, search_space, data_dir, settings)
-    _check_oracle_address()
+    address = _oracle_address()
+    if address and _is_chief():
+        _check_chief_can_listen(*address)
     project_dir = Path(config.directory) / config.project_name
     if config.overwrite and project_dir.exists() and _is_chief():
         _clear_project(project_dir)
@@ -283,6 +286,8 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     timings_path = project_dir / f"timings-{tuner_id}.json"
     hypermodel = LabHyperModel(base.replace(epochs=config.max_epochs, phases=[]), config.search_space, bundle,
                                timings_path)
+    if address and not _is_chief():  # the chief listens once it has loaded its own data, as this worker has
+        _wait_for_chief(*address)
     tuner = _make_tuner(config, hypermodel)
     tuner.search(epochs=config.max_epochs, verbose=0 if base.verbose == "quiet" else 1)
     if not _is_chief():
@@ -299,34 +304,48 @@ def _clear_project(project_dir):
     shutil.rmtree(project_dir)
 
 
-def _check_oracle_address():
-    """In a distributed search: the chief's port must be free; a worker waits for the chief, then
-    gives up with the fix (keras-tuner itself would wait forever without a word)."""
+def _oracle_address():
+    """(host, port) of a distributed search's oracle, checked; None when the search is not distributed."""
     if "KERASTUNER_ORACLE_IP" not in os.environ:
-        return
-    host, port_text = os.environ["KERASTUNER_ORACLE_IP"], os.environ.get("KERASTUNER_ORACLE_PORT", "")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"The oracle port must be a number from 1 to 65535; received {port_text!r} (--oracle HOST:PORT).")
-    address = (host, int(port_text))
-    if _is_chief():
+        return None
+    host, port = os.environ["KERASTUNER_ORACLE_IP"], os.environ.get("KERASTUNER_ORACLE_PORT", "")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"The oracle port must be a number from 1 to 65535; received {port!r} (--oracle HOST:PORT).")
+    return host, int(port)
+
+
+def _check_chief_can_listen(host, port):
+    """Refuses, naming the fix, an address the chief could not serve on (keras-tuner would raise from gRPC)."""
+    try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                raise ConfigError(f"The tuning chief cannot listen on {host}:{port_text}: {error.strerror}. Choose a "
-                                  f"free port (--oracle {host}:PORT) and give the same address to every worker.") from None
-        return
-    wait = float(os.environ.get(CHIEF_WAIT_ENV, "120"))
+            probe.bind((host, port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            fix = f"choose a free port (--oracle {host}:PORT) and give the same address to every worker"
+        else:
+            fix = "use an address of this machine (or 0.0.0.0 for all of them) in --oracle HOST:PORT"
+        raise ConfigError(f"The tuning chief cannot listen on {host}:{port}: {error.strerror or error}. Fix: {fix}.") from None
+
+
+def _wait_for_chief(host, port):
+    """A worker waits for its chief, then gives up with the fix (keras-tuner would wait forever, silently)."""
+    text = os.environ.get(CHIEF_WAIT_ENV, "120")
+    try:
+        wait = float(text)
+        if not wait > 0:
+            raise ValueError(text)
+    except ValueError:
+        raise ConfigError(f"${CHIEF_WAIT_ENV} must be a number of seconds above 0; received {text!r}.") from None
     deadline = time.monotonic() + wait
     while True:
         try:
-            socket.create_connection(address, timeout=2).close()
+            socket.create_connection((host, port), timeout=2).close()
             return
         except OSError:
             if time.monotonic() >= deadline:
-                raise LabError(f"No tuning chief answers at {host}:{port_text} after {wait:g} s. Start "
-                               f"`keras-resnet-lab tune --role chief --oracle {host}:{port_text}` first (or fix --oracle); "
+                raise LabError(f"No tuning chief answers at {host}:{port} after {wait:g} s. Start "
+                               f"`keras-resnet-lab tune --role chief --oracle {host}:{port}` first (or fix --oracle); "
                                f"${CHIEF_WAIT_ENV} sets how long workers wait.") from None
             time.sleep(0.5)
 

@@ -430,6 +430,12 @@ def test_the_state_on_disk_always_names_best_weights_that_exist(tmp_path, monkey
     assert state["epochs_done"] == 1 and state["best_epoch"] == 1
     assert state["best_checkpoint"].endswith("best-epoch-0001.weights.h5")
     assert (tmp_path / "run" / state["best_checkpoint"]).is_file()
+    monkeypatch.setattr(RunFolder, "save_state", real_save)
+    lab.train("lenet5", "digits", epochs=3, run_dir=str(tmp_path / "run"), verbose="quiet", reports=False,
+              steps_per_execution=4, learning_rate=3e-3)  # resumes; what the kill left behind is cleared
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert sorted(f"checkpoints/{p.name}" for p in (tmp_path / "run" / "checkpoints").iterdir()) == sorted(
+        {state["checkpoint"], state["best_checkpoint"]})
 
 
 RESUME = """
@@ -478,3 +484,47 @@ def test_a_resnet_stem_that_would_shrink_tiny_inputs_to_nothing_is_refused():
     with pytest.raises(lab.ConfigError, match="stem='small'"):
         lab.build_model("resnet18", input_shape=(8, 8, 1), num_classes=10)
     assert lab.build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small").count_params() > 0
+
+
+def test_a_diverged_step_is_named_within_the_epoch(tmp_path):
+    """With steps_per_execution 16 and 11 steps an epoch, Keras reports 'batch 16'; the error names real steps."""
+    import re
+
+    with pytest.raises(lab.TrainingDiverged) as raised:
+        lab.train("mnist_resnet", "digits", epochs=1, run_dir=str(tmp_path / "run"), verbose="quiet", reports=False,
+                  optimizer="sgd", learning_rate=1e12, momentum=0.0, steps_per_execution=16,
+                  model_options={"num_blocks": 1})
+    steps = re.search(r"at epoch 1, step (\d+)(?:-(\d+))?;", str(raised.value))
+    assert steps, str(raised.value)
+    assert all(int(s) <= 11 for s in steps.groups() if s)  # 1,293 training digits in batches of 128
+
+
+def test_a_run_from_before_named_best_checkpoints_keeps_its_best_weights(tmp_path):
+    from keras_resnet_lab.training.run_folder import LEGACY_BEST, RunFolder
+
+    folder = RunFolder(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / LEGACY_BEST).write_bytes(b"weights")
+    (tmp_path / "state.json").write_text(json.dumps({"epochs_done": 2, "best": 0.9, "best_epoch": 1}))
+    assert folder.load_state().best_checkpoint == LEGACY_BEST
+
+
+def test_plain_words_and_paths_in_set_stay_strings(capsys):
+    from keras_resnet_lab.cli import _parse_value
+
+    for text in ("adam", "~/data", "data/my pets", "data/cats+dogs.zip", "run@1"):
+        assert _parse_value("x", text) == text
+    assert _parse_value("x", "[1, 2]") == [1, 2] and _parse_value("x", "0.5") == 0.5
+    with pytest.raises(lab.ConfigError, match="column 7"):  # the 3, counted in what the user typed
+        _parse_value("x", "[1, 2 3]")
+
+
+@pytest.mark.parametrize("text", ["max_bytes=inf", "max_members=nan", "max_ratio=-1", "size=3"])
+def test_archive_limits_from_the_environment_are_checked(monkeypatch, text):
+    from keras_resnet_lab.data.archives import ArchiveLimits
+
+    monkeypatch.setenv("KERAS_RESNET_LAB_ARCHIVE_LIMITS", text)
+    with pytest.raises(lab.DataError, match="KERAS_RESNET_LAB_ARCHIVE_LIMITS"):
+        ArchiveLimits.from_env()
+    monkeypatch.setenv("KERAS_RESNET_LAB_ARCHIVE_LIMITS", "max_ratio=1000,")
+    assert ArchiveLimits.from_env().max_ratio == 1000

@@ -10,6 +10,7 @@ would trust (and the next extraction removes what it left).
 
 import dataclasses
 import gzip
+import math
 import os
 import shutil
 import stat
@@ -45,16 +46,18 @@ class ArchiveLimits:
         if not text:
             return cls()
         values = {}
-        for item in text.split(","):
+        for item in filter(None, (part.strip() for part in text.split(","))):
             key, _, value = item.partition("=")
             key = key.strip()
             try:
                 if key not in {f.name for f in dataclasses.fields(cls)}:
                     raise ValueError(key)
                 values[key] = float(value)
+                if not math.isfinite(values[key]) or values[key] <= 0:
+                    raise ValueError(value)
             except ValueError:
                 raise DataError(f"${LIMITS_ENV}={text!r}: expected max_bytes=N,max_ratio=N,max_members=N "
-                                f"(any of them); {item.strip()!r} is not one.") from None
+                                f"(any of them, finite and above 0); {item!r} is not one.") from None
         return cls(**{k: (int(v) if k != "max_ratio" else v) for k, v in values.items()})
 
 

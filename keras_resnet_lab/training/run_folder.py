@@ -33,6 +33,7 @@ MODEL = "model.keras"
 METRICS = "metrics.json"
 DATA = "data.json"
 CHECKPOINTS = "checkpoints"
+LEGACY_BEST = f"{CHECKPOINTS}/best.weights.h5"  # where runs before 0.2 kept the best weights, unnamed in state.json
 PLOTS = "plots"
 TENSORBOARD = "tensorboard"
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
@@ -208,9 +209,12 @@ class RunFolder:
         if not path.is_file():
             return RunState()
         try:
-            return RunState(**self._read_json(STATE))
+            state = RunState(**self._read_json(STATE))
         except TypeError as error:
             raise self._corrupt(STATE, error) from None
+        if state.best_checkpoint is None and state.best_epoch is not None and (self / LEGACY_BEST).is_file():
+            state.best_checkpoint = LEGACY_BEST
+        return state
 
     def save_state(self, state):
         write_text_atomic(self / STATE, json.dumps(dataclasses.asdict(state), indent=1))
@@ -239,8 +243,11 @@ class RunFolder:
             with atomic_path(self / state.best_checkpoint) as tmp:
                 shutil.copyfile(self / name, tmp)
         self.save_state(state)
-        for stale in previous - {state.checkpoint, state.best_checkpoint, None}:
-            (self / stale).unlink(missing_ok=True)
+        # What the state no longer names goes, with anything a kill left between copy and state.
+        named = {state.checkpoint, state.best_checkpoint}
+        for stale in {*previous, *(f"{CHECKPOINTS}/{p.name}" for p in (self / CHECKPOINTS).glob("*.weights.h5"))} - named:
+            if stale:
+                (self / stale).unlink(missing_ok=True)
 
     def restore(self, model, state):
         """Loads the last checkpoint (weights and optimizer state) into a compiled `model`."""
