@@ -58,12 +58,14 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "seed001-digits-resnet18", "001",
         "ResNet-18 with the small stem (3x3, no pool) for 1-channel 8x8 digits and a 10-class head, "
-        "with affine augmentation (without it, runs spread from 96.4% to 98.3%).",
+        "with affine augmentation and label smoothing 0.1 (15 epochs without smoothing spread from "
+        "97.50% to 99.17% over seeds 0-4, 25 from 96.67% to 99.17%).",
         "97.45% test after 10 epochs of SGD, batch 128",
-        measured="99.72%, 98.06% and 96.39% test (seeds 0, 1, 2) after 15 epochs, 63-68 s on 2 CPU cores",
-        settings=dict(model="resnet18", model_options=dict(stem="small"), dataset="digits", epochs=15,
+        measured="99.17%, 99.72%, 99.72%, 99.72%, 99.72% test (seeds 0-4; mean 99.61%) after 25 epochs, "
+                 "48-52 s each on 2 CPU cores",
+        settings=dict(model="resnet18", model_options=dict(stem="small"), dataset="digits", epochs=25,
              optimizer="sgd", learning_rate=0.05, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-             batch_size=64, validation_split=0.1, dataset_options=dict(augment="affine")),
+             label_smoothing=0.1, batch_size=64, validation_split=0.1, dataset_options=dict(augment="affine")),
     ),
     Recipe(
         "seed001-cats-dogs-resnet18", "001",
