@@ -103,8 +103,8 @@ def cmd_train(args):
 
     given = set()  # the fields a recipe or config file sets (the flags' are in `overrides`)
     if args.recipe:
-        config = get_recipe(args.recipe).config()
-        given = set(get_recipe(args.recipe).settings)
+        recipe = get_recipe(args.recipe)
+        config, given = recipe.config(), set(recipe.settings)
     elif args.config:
         config = TrainConfig.from_file(args.config)
         given = set(read_config_file(args.config))

@@ -230,10 +230,10 @@ def read_image(path):
     Raises:
         DataError: the file is missing or not a readable image (the path is named).
     """
-    from .data.images import decode_image, is_grayscale
+    from .data.images import decode_image
 
     try:
-        return decode_image(path, mode="L" if is_grayscale(path) else "RGB")
+        return decode_image(path, mode=None)
     except Exception as error:  # PIL raises many types for bad files
         raise DataError(f"Cannot read {path} as an image: {error}") from None
 

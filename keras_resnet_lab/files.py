@@ -10,6 +10,7 @@ what a killed process left (never what a live one is writing). Files get the use
 import contextlib
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import shutil
@@ -27,6 +28,7 @@ def umask_mode(mode):
     return mode & ~mask
 
 
+@functools.cache
 def _process_space():
     """This host and PID namespace: two containers on one host may reuse each other's process ids."""
     try:
@@ -55,10 +57,10 @@ def remove_stale_staging(parent):
     parent = Path(parent)
     if not parent.is_dir():
         return
-    host = _staging_prefix("").split("-")[2]
+    space = _process_space()
     for path in parent.glob(f"{STAGING_PREFIX}*"):
         pid, _, rest = path.name[len(STAGING_PREFIX):].partition("-")
-        if not pid.isdigit() or not rest.startswith(f"{host}-") or _is_alive(int(pid)):
+        if not pid.isdigit() or not rest.startswith(f"{space}-") or _is_alive(int(pid)):
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

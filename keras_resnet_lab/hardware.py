@@ -24,6 +24,10 @@ fast_kernels_source = None
 _warned = False
 
 
+def _is_x86(machine=None):
+    return (machine or platform.machine()).lower() in ("x86_64", "amd64")
+
+
 def cpu_info():
     """{"model", "isa" (the ISA_FLAGS present), "cores", "machine"} of this machine.
 
@@ -47,7 +51,7 @@ def cpu_info():
 def cpu_family(info=None):
     """"avx512" (TensorFlow's oneDNN default is on), "avx2", "older x86" or "other" (not x86)."""
     info = info or cpu_info()
-    if info["machine"].lower() not in ("x86_64", "amd64"):
+    if not _is_x86(info["machine"]):
         return "other"
     isa = set(info["isa"])
     if isa & {"avx512_vnni", "avx512_bf16", "amx_tile"}:
@@ -62,7 +66,7 @@ def enable_fast_kernels():
         fast_kernels_source = "user"
     elif "tensorflow" in sys.modules:
         fast_kernels_source = "tensorflow first"
-    elif platform.machine().lower() not in ("x86_64", "amd64"):
+    elif not _is_x86():
         fast_kernels_source = "not x86"
     else:
         os.environ[ONEDNN_ENV] = "1"
@@ -86,7 +90,7 @@ def check_fast_kernels():
     if _warned or fast_kernels_source != "tensorflow first" or os.environ.get(ONEDNN_ENV) == "0":
         return
     _warned = True
-    if platform.machine().lower() in ("x86_64", "amd64") and not onednn_enabled():
+    if _is_x86() and not onednn_enabled():
         warnings.warn(
             f"TensorFlow was imported before keras_resnet_lab, with its oneDNN kernels off on this "
             f"{cpu_family()} CPU ({cpu_info()['model']}); training runs 2-3x slower. Import keras_resnet_lab "

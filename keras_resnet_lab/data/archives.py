@@ -23,7 +23,6 @@ from ..errors import DataError
 from ..files import staging_dir
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
-OTHER_ARCHIVES = (".rar", ".7z", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".gz", ".bz2", ".xz")
 LIMITS_ENV = "KERAS_RESNET_LAB_ARCHIVE_LIMITS"
 
 
@@ -148,9 +147,8 @@ def _extract_into(archive, target, limits):
 
 
 def check_archive_type(path):
-    """Refuses a file that is an archive of a kind this loader cannot read, naming the kinds it can."""
-    name = Path(path).name.lower()
-    if not is_archive(path) and (name.endswith(OTHER_ARCHIVES) or Path(path).is_file()):
+    """Refuses a file (a .rar, a .7z, ...) that is not an archive this loader reads, naming the kinds it can."""
+    if Path(path).is_file() and not is_archive(path):
         raise DataError(f"Cannot read {path}: expected a folder or a {', '.join(ARCHIVE_SUFFIXES)} archive of "
                         "<split>/<class>/<image> files. Extract it and pass the folder.")
 

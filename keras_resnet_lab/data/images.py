@@ -80,12 +80,6 @@ def list_images(split_dir, class_names=None):
     return paths, np.asarray(labels, np.int64), class_names
 
 
-def is_grayscale(path):
-    """Whether an image file holds one channel (any bit depth)."""
-    with Image.open(path) as image:
-        return image.mode in ("1", "L", "LA") or image.mode.startswith(("I", "F"))
-
-
 def _to_8_bit(image):
     """A 16-bit integer (0-65535) or float (0-1) grayscale image scaled to 8 bits, not clipped.
 
@@ -100,7 +94,10 @@ def _to_8_bit(image):
 
 
 def decode_image(path, image_size=None, mode="RGB"):
-    """Decodes one image file to a uint8 (H, W, C) array, refusing absurd sizes before decoding."""
+    """Decodes one image file to a uint8 (H, W, C) array, refusing absurd sizes before decoding.
+
+    `mode` "RGB" or "L"; None keeps a grayscale file single-channel and makes others RGB.
+    """
     try:
         image = Image.open(path)
     except Image.DecompressionBombError as error:
@@ -109,6 +106,8 @@ def decode_image(path, image_size=None, mode="RGB"):
         width, height = image.size
         if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
             raise ValueError(f"image of {width}x{height} pixels is larger than this loader accepts")
+        gray = image.mode in ("1", "L", "LA") or image.mode.startswith(("I", "F"))  # any bit depth
+        mode = mode or ("L" if gray else "RGB")
         image = _to_8_bit(image).convert(mode)
         if image_size is not None and image.size != (image_size[1], image_size[0]):
             image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)

@@ -229,15 +229,11 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, e
 
     def epoch_batches(current):
         order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, current]))
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
         # One stateless seed pair per batch of the epoch: augmentations depend on (seed, epoch, batch).
-        numbers = tf.data.Dataset.range(tf.cast(tf.math.ceil(count / batch_size), tf.int64))
-        return tf.data.Dataset.zip(batches, numbers.map(lambda n: tf.stack([seed + (current + 1) * 1_000_003, n])))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate().map(
+            lambda number, index: (index, tf.stack([seed + (current + 1) * 1_000_003, number])))
 
     batches = tf.data.Dataset.range(1).map(lambda _: epoch.assign_add(1) - 1).flat_map(epoch_batches)
     batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))  # Keras counts steps
-    if augmenter is None:
-        batches = batches.map(lambda index, _: load_batch(index), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        batches = batches.map(load_augmented_batch, num_parallel_calls=tf.data.AUTOTUNE)
-    return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
+    load = load_augmented_batch if augmenter else lambda index, _: load_batch(index)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)

@@ -136,10 +136,8 @@ def load_mnist_style(dataset, data_dir, class_names, download):
     if arrays is None:
         looked_for = (["mnist.npz"] if dataset == "mnist" else []) + [f"{s}.gz" for s in IDX_FILES.values()]
         return load_tfds(dataset, dirs, looked_for, download)
-    x_train, x_test = (arrays[k] for k in ("x_train", "x_test"))
-    if x_train.ndim != 3 or x_test.ndim != 3:
-        raise DataError(f"{source}: MNIST-style images must be (N, height, width); found {x_train.shape} and {x_test.shape}.")
-    return RawData(x_train[..., None], arrays["y_train"], x_test[..., None], arrays["y_test"], class_names, source)
+    x_train, x_test = (arrays[k][..., None] for k in ("x_train", "x_test"))  # RawData.check refuses other shapes
+    return RawData(x_train, arrays["y_train"], x_test, arrays["y_test"], class_names, source)
 
 
 # ---------------------------------------------------------------- CIFAR (pickles or image folders)

@@ -236,7 +236,6 @@ class RunFolder:
         then the files it no longer names go. A kill at any point leaves a state whose files exist."""
         name = f"{CHECKPOINTS}/epoch-{epoch:04d}.weights.h5"
         self.save_weights(model, name)
-        previous = {state.checkpoint, state.best_checkpoint}
         state.checkpoint = name
         if best:
             state.best_checkpoint = f"{CHECKPOINTS}/best-epoch-{epoch:04d}.weights.h5"
@@ -245,9 +244,9 @@ class RunFolder:
         self.save_state(state)
         # What the state no longer names goes, with anything a kill left between copy and state.
         named = {state.checkpoint, state.best_checkpoint}
-        for stale in {*previous, *(f"{CHECKPOINTS}/{p.name}" for p in (self / CHECKPOINTS).glob("*.weights.h5"))} - named:
-            if stale:
-                (self / stale).unlink(missing_ok=True)
+        for path in (self / CHECKPOINTS).glob("*.weights.h5"):
+            if f"{CHECKPOINTS}/{path.name}" not in named:
+                path.unlink(missing_ok=True)
 
     def restore(self, model, state):
         """Loads the last checkpoint (weights and optimizer state) into a compiled `model`."""
