@@ -80,45 +80,95 @@ class BasicBlock(nn.Module):
         return F.relu(s + y)
 
 
-class Bottleneck(nn.Module):
-    """torchvision's v1.5 bottleneck: the stride sits in the 3x3."""
+class TorchvisionBasicBlock(nn.Module):
+    """torchvision.models.resnet.BasicBlock, with its module names."""
 
-    def __init__(self, in_channels, channels, stride):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
-        out = channels * 4
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
-            nn.Conv2d(channels, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.shortcut = nn.Identity()
-        if stride != 1 or in_channels != out:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
 
     def forward(self, x):
-        return F.relu(self.shortcut(x) + self.body(x))
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
-class ResNet50(nn.Module):
-    """torchvision's resnet50 layout (25,557,032 parameters with 1000 classes)."""
+class TorchvisionBottleneck(nn.Module):
+    """torchvision.models.resnet.Bottleneck (v1.5: the stride sits in the 3x3), with its module names."""
 
-    def __init__(self, num_classes=1000):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
-                                  nn.MaxPool2d(3, 2, 1))
-        blocks, channels = [], 64
-        for stage, (count, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512))):
-            for index in range(count):
-                blocks.append(Bottleneck(channels, width, 2 if stage and not index else 1))
-                channels = width * 4
-        self.blocks = nn.Sequential(*blocks)
-        self.fc = nn.Linear(channels, num_classes)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
 
     def forward(self, x):
-        return self.fc(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + identity)
+
+
+TORCHVISION_LAYOUTS = {
+    18: (TorchvisionBasicBlock, (2, 2, 2, 2)), 34: (TorchvisionBasicBlock, (3, 4, 6, 3)),
+    50: (TorchvisionBottleneck, (3, 4, 6, 3)), 101: (TorchvisionBottleneck, (3, 4, 23, 3)),
+    152: (TorchvisionBottleneck, (3, 8, 36, 3)),
+}
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision.models.ResNet written out (no torchvision wheel fits the CPU torch here): the same
+    module names, so its state dict is a torchvision checkpoint. `small_stem`: a 3x3 stride-1 conv
+    and no max-pool (our stem="small")."""
+
+    def __init__(self, depth=18, num_classes=1000, in_channels=3, small_stem=False):
+        super().__init__()
+        block, layers = TORCHVISION_LAYOUTS[depth]
+        self.inplanes = 64
+        self.conv1 = (nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False) if small_stem
+                      else nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False))
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity() if small_stem else nn.MaxPool2d(3, 2, 1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], 2)
+        self.layer3 = self._make_layer(block, 256, layers[2], 2)
+        self.layer4 = self._make_layer(block, 512, layers[3], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(self, block, planes, count, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes * block.expansion))
+        blocks = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        blocks += [block(self.inplanes, planes) for _ in range(1, count)]
+        return nn.Sequential(*blocks)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNets (option A) and torchvision's ResNet-18/34 layout with the small stem."""
+    """The CIFAR ResNets of He et al. section 4.2 (option A shortcuts)."""
 
     def __init__(self, stage_sizes, widths, in_channels=3, num_classes=10, shortcut="B"):
         super().__init__()
@@ -139,7 +189,7 @@ class ResNet(nn.Module):
 def build(name, num_classes=10):
     """(module, input shape NCHW without batch) for a benchmark case's model name."""
     if name == "resnet50":
-        return ResNet50(num_classes), (3, 224, 224)
+        return TorchvisionResNet(50, num_classes), (3, 224, 224)
     if name == "baseline_cnn":
         return BaselineCNN(), (1, 28, 28)
     if name == "mnist_resnet":
@@ -147,7 +197,7 @@ def build(name, num_classes=10):
     if name == "cifar_resnet20":
         return ResNet((3, 3, 3), (16, 32, 64), shortcut="A"), (3, 32, 32)
     if name == "resnet18":
-        return ResNet((2, 2, 2, 2), (64, 128, 256, 512)), (3, 32, 32)
+        return TorchvisionResNet(18, num_classes, small_stem=True), (3, 32, 32)
     raise ValueError(name)
 
 

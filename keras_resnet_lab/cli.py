@@ -14,7 +14,7 @@ CONFIG_FLAGS = {
     "--epochs": int, "--batch-size": int, "--optimizer": str, "--learning-rate": float,
     "--schedule": str, "--weight-decay": float, "--clipnorm": float, "--label-smoothing": float,
     "--validation-split": float, "--early-stopping-patience": int, "--seed": int,
-    "--steps-per-execution": int, "--run-dir": str, "--data-dir": str,
+    "--steps-per-execution": int, "--run-dir": str, "--data-dir": str, "--weights": str, "--trainable-last": int,
 }
 
 

@@ -33,6 +33,10 @@ class DataError(LabError, ValueError):
     """A dataset that cannot be found, read or trusted."""
 
 
+class WeightsError(LabError, ValueError):
+    """A checkpoint that cannot be found, downloaded, trusted or mapped onto the model."""
+
+
 class TrainingDiverged(LabError, RuntimeError):
     """The loss became NaN or infinite during training."""
 

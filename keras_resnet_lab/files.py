@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 STAGING_PREFIX = ".staging-"
+# PyTorch state dicts (torch.save's zip pickle) and safetensors: what `weights=` may name.
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
 
 def umask_mode(mode):

@@ -28,7 +28,7 @@ from .training import fitting
 from .training.config import MONITORS, TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
 from .training.replicas import configure_cpu_replicas
-from .training.train import check_config
+from .training.train import check_config, with_pretrained_inputs
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
 CHIEF_WAIT_ENV = "KERAS_RESNET_LAB_CHIEF_WAIT"  # seconds a worker waits for the chief (default 120)
@@ -375,8 +375,8 @@ def _resolve(model, dataset, config, search_space, data_dir, settings):
         train_changes["model"] = model
     if dataset:
         train_changes["dataset"] = dataset
-    config = dataclasses.replace(config, train=config.train.replace(**train_changes) if train_changes else config.train,
-                                 **tune_settings)
+    train_config = with_pretrained_inputs(config.train.replace(**train_changes) if train_changes else config.train)
+    config = dataclasses.replace(config, train=train_config, **tune_settings)
     if search_space is not None:
         config.search_space = search_space
     if not config.search_space:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError, choices_message
 from .bundle import DatasetBundle, assemble, carve_validation
-from .pipeline import Preprocessing, channel_stats, parse_augment
+from .pipeline import Preprocessing, parse_augment, standardization
 from .user import as_bundle
 from .sources import (
     CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
@@ -99,8 +99,9 @@ def load_dataset(
         image_size: (height, width) the model receives (resized after padding).
         channels: 1 or 3 to convert grayscale <-> RGB; None keeps the data's.
         pad: zero-padding on each side (2 turns 28x28 MNIST into 32x32, as seed 002).
-        standardize: False (scale to [0, 1]), True (per-channel statistics of the train split)
-            or a (mean, std) pair.
+        standardize: False (scale to [0, 1]), True (per-channel statistics of the train split),
+            "imagenet" (ImageNet's mean and std, what pretrained ResNets expect) or a
+            (mean, std) pair.
         validation_split: fraction of train held out (stratified, by `seed`) for model selection.
         augment: False, True (crop+flip for RGB, affine for grayscale) or names from
             "crop", "flip", "affine", "color", "sharpness"; applied to the train split only.
@@ -130,11 +131,7 @@ def load_dataset(
         arrays["train"], arrays["validation"] = carve_validation(x_train, y_train, validation_split, seed)
     channels = channels or x_train.shape[-1]
     height, width = x_train.shape[1] + 2 * pad, x_train.shape[2] + 2 * pad
-    mean = std = None
-    if standardize is True:
-        mean, std = channel_stats(arrays["train"][0], channels)
-    elif standardize:
-        mean, std = (tuple(float(v) for v in np.broadcast_to(s, (channels,))) for s in standardize)
+    mean, std = standardization(standardize, channels, arrays["train"][0])
     prep = Preprocessing(channels, image_size or (height, width), pad, mean, std, tuple(x_train.shape[1:3]))
     augment = parse_augment(augment, channels)
     options = dict(path=None if path is None else str(path), image_size=image_size, channels=channels, pad=pad,

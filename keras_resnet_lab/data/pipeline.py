@@ -17,6 +17,12 @@ from ..errors import ConfigError, choices_message
 
 AUGMENTATIONS = ("crop", "flip", "affine", "color", "sharpness")
 
+# torchvision's ImageNet statistics (on images scaled to [0, 1]): the inputs every ImageNet
+# checkpoint of torchvision and timm was trained on, and so the one definition the data
+# pipeline and exported models apply to pretrained networks (`standardize="imagenet"`).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
@@ -69,9 +75,42 @@ def preprocess(images, prep):
     return standardize(to_model_size(images, prep), prep)
 
 
+def imagenet_stats(channels):
+    """ImageNet's (mean, std) for `channels` inputs.
+
+    1 channel: one mean and std, the averages over RGB (as timm does). A gray image so
+    normalized and copied to three channels meets the summed RGB kernel of an adapted first
+    conv exactly. More channels repeat the RGB values.
+    """
+    if channels == 1:
+        return (float(np.mean(IMAGENET_MEAN)),), (float(np.mean(IMAGENET_STD)),)
+    repeat = -(-channels // 3)
+    return tuple((IMAGENET_MEAN * repeat)[:channels]), tuple((IMAGENET_STD * repeat)[:channels])
+
+
+def standardization(standardize, channels, train_images):
+    """(mean, std) for `standardize`: False (none), True (the train split's own per-channel
+    statistics), "imagenet" (`imagenet_stats`) or an explicit (mean, std) pair."""
+    if standardize is False or standardize is None:
+        return None, None
+    if standardize is True:
+        return channel_stats(train_images, channels)
+    if standardize == "imagenet":
+        return imagenet_stats(channels)
+    try:
+        mean, std = standardize
+        mean, std = (tuple(float(v) for v in np.broadcast_to(s, (channels,))) for s in (mean, std))
+    except (TypeError, ValueError):
+        raise ConfigError(f"standardize must be False, True, 'imagenet' or a (mean, std) pair of one value or one "
+                          f"per channel ({channels}); received {standardize!r}.") from None
+    if min(std) <= 0:
+        raise ConfigError(f"standardize's std must be above 0; received {std!r}.")
+    return mean, std
+
+
 def channel_stats(x, channels):
-    """Per-channel mean and std of uint8 images after scaling to [0, 1] (and channel conversion)."""
-    x = x.astype(np.float64) / 255.0
+    """Per-channel mean and std of images scaled to [0, 1] (uint8 ones divided by 255), after channel conversion."""
+    x = x.astype(np.float64) / (255.0 if x.dtype == np.uint8 else 1.0)
     if x.shape[-1] == 3 and channels == 1:
         x = x @ np.array([0.2989, 0.5870, 0.1140])[:, None]
     axes = tuple(range(x.ndim - 1))

@@ -9,11 +9,11 @@ import tensorflow as tf
 
 from ..errors import ConfigError, DataError
 from .bundle import DatasetBundle, assemble, carve_validation
-from .pipeline import Preprocessing
+from .pipeline import Preprocessing, standardization
 
 
 def as_bundle(data, *, validation_data=None, test_data=None, num_classes=None, class_names=None, batch_size=128,
-              validation_split=0.0, seed=0, name=None):
+              validation_split=0.0, seed=0, name=None, standardize=False):
     """`data` as a `DatasetBundle`.
 
     Args:
@@ -23,6 +23,8 @@ def as_bundle(data, *, validation_data=None, test_data=None, num_classes=None, c
         validation_data, test_data: the same kind as `data`. Without `validation_data`, arrays
             are split by `validation_split`; a `tf.data` dataset trains without validation.
         num_classes, class_names: inferred from the labels where not given.
+        standardize: for arrays, as `load_dataset`'s (False, True, "imagenet" or (mean, std));
+            `tf.data` datasets are used as given, so normalize them yourself.
     """
     if isinstance(data, DatasetBundle):
         return data
@@ -30,7 +32,7 @@ def as_bundle(data, *, validation_data=None, test_data=None, num_classes=None, c
         return _from_datasets(data, validation_data, test_data, num_classes, class_names, batch_size, name)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _from_arrays(data, validation_data, test_data, num_classes, class_names, batch_size,
-                            validation_split, seed, name)
+                            validation_split, seed, name, standardize)
     raise ConfigError(f"dataset must be a dataset name, a DatasetBundle, a tf.data.Dataset of (image, label) or a "
                       f"pair (x, y) of arrays; received {type(data).__name__}.")
 
@@ -60,7 +62,8 @@ def _checked_arrays(pair, what):
     return x, y.astype(np.int32)
 
 
-def _from_arrays(data, validation_data, test_data, num_classes, class_names, batch_size, validation_split, seed, name):
+def _from_arrays(data, validation_data, test_data, num_classes, class_names, batch_size, validation_split, seed, name,
+                 standardize):
     arrays = {"train": _checked_arrays(data, "the training data")}
     if validation_data is not None:
         arrays["validation"] = _checked_arrays(validation_data, "validation_data")
@@ -73,8 +76,11 @@ def _from_arrays(data, validation_data, test_data, num_classes, class_names, bat
         raise DataError(f"Every split needs images of one shape; received {shapes}.")
     class_names = _class_names(num_classes, class_names, [y for _, y in arrays.values()])
     height, width, channels = arrays["train"][0].shape[1:]
-    prep = Preprocessing(channels, (height, width), source_size=(height, width))
+    mean, std = standardization(standardize, channels, arrays["train"][0])
+    prep = Preprocessing(channels, (height, width), mean=mean, std=std, source_size=(height, width))
     options = {"validation_split": validation_split if validation_data is None else None, "seed": seed}
+    if standardize is not False:
+        options["standardize"] = standardize
     return assemble(name or "arrays", arrays, class_names, prep, batch_size, (), seed, "arrays", options)
 
 

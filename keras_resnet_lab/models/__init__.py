@@ -4,7 +4,8 @@ from .flops import flops_per_image
 from .freeze import freeze, parameter_counts, print_parameter_summary
 from .layers import portable_copy
 from .mnist import baseline_cnn, lenet_resnet
-from .registry import build_model, check_options, get_spec, list_models, register
+from .pretrained import save_torchvision_weights, torchvision_state_dict, weights_file, weights_identity
+from .registry import build_model, check_options, check_weights_for, get_spec, list_models, register
 from .resnet import IMAGENET_STAGES, cifar_resnet, imagenet_resnet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -37,7 +38,8 @@ for _depth in CIFAR_DEPTHS[:-1]:
 for _depth, (_block, _sizes) in IMAGENET_STAGES.items():
     register(
         f"resnet{_depth}", imagenet_resnet, input_shape=(224, 224, 3), num_classes=1000, batch_norm=True,
-        depth=_depth, description=f"torchvision's ResNet-{_depth} ({_block} blocks {_sizes}); stem imagenet|small",
+        pretrained=True, depth=_depth, description=f"torchvision's ResNet-{_depth} ({_block} blocks {_sizes}); stem imagenet|small",
     )
 
-__all__ = ["build_model", "check_options", "flops_per_image", "freeze", "get_spec", "list_models", "parameter_counts", "portable_copy", "print_parameter_summary", "register"]
+__all__ = ["build_model", "check_options", "check_weights_for", "save_torchvision_weights", "torchvision_state_dict",
+           "weights_file", "weights_identity", "flops_per_image", "freeze", "get_spec", "list_models", "parameter_counts", "portable_copy", "print_parameter_summary", "register"]

@@ -5,6 +5,7 @@ import inspect
 from typing import Callable
 
 from ..errors import ConfigError, choices_message
+from .pretrained import check_weights, load_pretrained
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ModelSpec:
     num_classes: int
     description: str
     batch_norm: object = False  # True, False, or the name of the option that decides it
+    pretrained: bool = False  # whether torchvision checkpoints (weights=...) fit it
 
     def uses_batch_norm(self, options=None):
         """Whether the model built with `options` has batch normalization (known without building it)."""
@@ -34,14 +36,17 @@ class ModelSpec:
 _REGISTRY: dict = {}
 
 
-def register(name, builder, *, description, input_shape, num_classes=10, batch_norm=False, **options):
+def register(name, builder, *, description, input_shape, num_classes=10, batch_norm=False, pretrained=False,
+             **options):
     """Registers `name` as `builder` called with `options` (callers may override any of them).
 
     `batch_norm`: whether the model has batch normalization, or the option that decides it.
+    `pretrained`: whether torchvision ResNet checkpoints map onto it (`build_model(weights=...)`).
     """
     if name in _REGISTRY:
         raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = ModelSpec(name, builder, options, tuple(input_shape), num_classes, description, batch_norm)
+    _REGISTRY[name] = ModelSpec(name, builder, options, tuple(input_shape), num_classes, description, batch_norm,
+                                pretrained)
 
 
 def list_models():
@@ -72,7 +77,17 @@ def check_options(name, options):
     return spec
 
 
-def build_model(name, *, input_shape=None, num_classes=None, **options):
+def check_weights_for(name, weights):
+    """Refuses `weights` the model `name` cannot take, before anything is built or downloaded."""
+    weights = check_weights(weights)
+    if weights is not None and not get_spec(name).pretrained:
+        able = [n for n in list_models() if _REGISTRY[n].pretrained]
+        raise ConfigError(f"Model {name!r} takes no pretrained weights (weights={weights!r}); those that do: "
+                          f"{', '.join(able)}.")
+    return weights
+
+
+def build_model(name, *, input_shape=None, num_classes=None, weights=None, **options):
     """Builds the registered model `name` as a functional `keras.Model` that outputs logits.
 
     Args:
@@ -80,6 +95,14 @@ def build_model(name, *, input_shape=None, num_classes=None, **options):
             "resnet18".
         input_shape: (height, width, channels); defaults to the model's usual input.
         num_classes: size of the final `Dense(name="predictions")` layer (the swapped last layer).
+        weights: None (random initialization), "imagenet" (torchvision's IMAGENET1K_V1
+            checkpoint, downloaded once and checked against its SHA-256) or the path of a
+            torchvision / timm state dict (`.pth` or `.safetensors`); for resnet18 to resnet152.
+            Other channel counts adapt the first conv (timm's rule); another `num_classes`
+            leaves the head fresh; `stem="small"` leaves the stem fresh (each said on stdout).
+            The model takes the checkpoint network's own inputs: images in [0, 1] normalized
+            with ImageNet's mean and std (`train` and `load_dataset(standardize="imagenet")`
+            do this).
         **options: family options (e.g. `stem="small"`, `num_blocks=(1, 2)`, `activation=...`).
 
     Raises:
@@ -90,6 +113,7 @@ def build_model(name, *, input_shape=None, num_classes=None, **options):
         >>> model = build_model("resnet18", input_shape=(8, 8, 1), num_classes=10, stem="small")
     """
     spec = check_options(name, options)
+    weights = check_weights_for(name, weights)
     input_shape = tuple(input_shape or spec.input_shape)
     if len(input_shape) != 3 or any(not isinstance(d, int) or d < 1 for d in input_shape):
         raise ConfigError(
@@ -99,4 +123,6 @@ def build_model(name, *, input_shape=None, num_classes=None, **options):
     num_classes = spec.num_classes if num_classes is None else num_classes
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer; received {num_classes!r}.")
-    return spec.builder(input_shape, num_classes, name=name, **{**spec.options, **options})
+    options = {**spec.options, **options}
+    model = spec.builder(input_shape, num_classes, name=name, **options)
+    return load_pretrained(model, name, weights, small_stem=options.get("stem") == "small")

@@ -100,13 +100,15 @@ def make_loss(config):
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def compile_model(model, config, spans, num_train_examples):
+def compile_model(model, config, spans, num_train_examples, *, optimizer=None):
     """Compiles `model` as every fit of this package does (optimizer, schedule, loss, metrics).
 
-    `num_train_examples` sets the schedule's steps per epoch.
+    `num_train_examples` sets the schedule's steps per epoch. `optimizer`: keep this optimizer
+    (its step count, so the schedule's position, and its moments), as a phase that changes
+    which layers train does.
     """
     model.compile(
-        optimizer=make_optimizer(config, learning_rate_for(config, spans, num_train_examples)),
+        optimizer=optimizer or make_optimizer(config, learning_rate_for(config, spans, num_train_examples)),
         loss=make_loss(config), metrics=["accuracy"],
         steps_per_execution=config.steps_per_execution or default_steps_per_execution(model),
         # On JAX a step without jit runs op by op; `jit_compile` chooses XLA on TensorFlow.

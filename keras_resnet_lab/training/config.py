@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from ..errors import ConfigError, choices_message
+from ..files import CHECKPOINT_SUFFIXES
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
@@ -20,11 +21,17 @@ MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 
 @dataclasses.dataclass
 class Phase:
-    """A stretch of epochs with its own learning rate and batch size (seed 000 used two)."""
+    """A stretch of epochs with its own learning rate, batch size and trainable units.
+
+    Seed 000 used two phases of rates and batch sizes; fine-tuning trains the head first, then
+    more of the network at a lower rate (`trainable_last` per phase). Unset fields take the
+    run's own settings.
+    """
 
     epochs: int
     learning_rate: Optional[float] = None
     batch_size: Optional[int] = None
+    trainable_last: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -38,6 +45,8 @@ class TrainConfig:
 
     model: str = "baseline_cnn"
     model_options: dict = dataclasses.field(default_factory=dict)
+    # None, "imagenet" or a .pth/.safetensors path: the starting weights (resnet18 to resnet152).
+    weights: Optional[str] = None
     dataset: str = "mnist"
     dataset_options: dict = dataclasses.field(default_factory=dict)
     data_dir: Optional[str] = None
@@ -107,6 +116,13 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     # ------------------------------------------------------------------ derived values
+    def trainable_last_at(self, epoch):
+        """The `trainable_last` in force at `epoch` (0-based): its phase's, else the run's."""
+        for (start, end, *_), phase in zip(self.resolved_phases(), self.phases):
+            if start <= epoch < end and phase.trainable_last is not None:
+                return phase.trainable_last
+        return self.trainable_last
+
     def resolved_phases(self):
         """[(first_epoch, end_epoch, learning_rate, batch_size)] covering all epochs."""
         phases = self.phases or [Phase(self.epochs)]
@@ -144,6 +160,9 @@ class TrainConfig:
             raise ConfigError(f"seed must be an integer >= 0; received {self.seed!r}.")
         if self.trainable_last is not None and self.trainable_last < 0:
             raise ConfigError(f"trainable_last must be an integer >= 0; received {self.trainable_last!r}.")
+        if self.weights is not None and self.weights != "imagenet" and not self.weights.endswith(CHECKPOINT_SUFFIXES):
+            raise ConfigError(f"weights must be 'imagenet' or the path of a {' or '.join(CHECKPOINT_SUFFIXES)} file "
+                              f"(or unset); received {self.weights!r}.")
         for name in ("weight_decay", "warmup_epochs", "label_smoothing", "validation_split"):
             if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be a number >= 0; received {getattr(self, name)!r}.")
@@ -194,6 +213,10 @@ class TrainConfig:
                 _positive_float(f"phases[{index}].learning_rate", phase.learning_rate)
             if phase.batch_size is not None:
                 _positive_int(f"phases[{index}].batch_size", phase.batch_size)
+            if phase.trainable_last is not None and (not isinstance(phase.trainable_last, int)
+                                                     or isinstance(phase.trainable_last, bool) or phase.trainable_last < 0):
+                raise ConfigError(f"phases[{index}].trainable_last must be an integer >= 0; "
+                                  f"received {phase.trainable_last!r}.")
         total = sum(p.epochs for p in self.phases)
         if self.phases and total != self.epochs:
             raise ConfigError(
@@ -234,15 +257,17 @@ def _serialized(name, value, how):
 
 def _phases(phases):
     if not isinstance(phases, (list, tuple)):
-        raise ConfigError(f"phases must be a list of {{epochs, learning_rate, batch_size}} tables; received {phases!r}.")
+        raise ConfigError(f"phases must be a list of {{epochs, learning_rate, batch_size, trainable_last}} tables; "
+                          f"received {phases!r}.")
     result = []
     for index, phase in enumerate(phases, start=1):
         if isinstance(phase, Phase):
             result.append(phase)
             continue
-        if not isinstance(phase, dict) or not set(phase) <= {"epochs", "learning_rate", "batch_size"} or "epochs" not in phase:
-            raise ConfigError(f"phases[{index}] must be a table with epochs (and optionally learning_rate, batch_size); "
-                              f"received {phase!r}.")
+        fields = {f.name for f in dataclasses.fields(Phase)}
+        if not isinstance(phase, dict) or not set(phase) <= fields or "epochs" not in phase:
+            raise ConfigError(f"phases[{index}] must be a table with epochs (and optionally learning_rate, batch_size, "
+                              f"trainable_last); received {phase!r}.")
         result.append(Phase(**phase))
     return result
 

@@ -3,8 +3,8 @@
 `train`, every keras-tuner trial and the benchmarks go through these three functions, so a
 setting means the same thing everywhere:
 
-- `build`: the registered model under the run's precision policy;
-- `prepare`: freezing (`trainable_last`) and compiling (optimizer, schedule, loss, metrics);
+- `build`: the registered model under the run's precision policy, from its starting `weights`;
+- `prepare`: freezing (`trainable_last`, per phase) and compiling (optimizer, schedule, loss, metrics);
 - `fit`: `model.fit` phase by phase (each with its batch size), with label smoothing's one-hot
   labels, the `cpu_replicas` split, EMA weight swapping, the plateau schedule, the learning-rate
   log and early stopping.
@@ -22,22 +22,45 @@ PLATEAU_PATIENCE = 3  # epochs without improvement before the "plateau" schedule
 
 
 def build(config, input_shape, num_classes):
-    """The registered model `config.model` with `config.model_options`, under its precision policy."""
+    """The registered model `config.model` with `config.model_options` and starting `config.weights`,
+    under its precision policy."""
     with dtype_policy(config.mixed_precision):
         return build_model(config.model, input_shape=tuple(input_shape), num_classes=num_classes,
-                           **config.model_options)
+                           weights=config.weights, **config.model_options)
 
 
-def prepare(model, config, num_train_examples, *, keep_compile=False):
+def prepare(model, config, num_train_examples, *, keep_compile=False, first_epoch=0):
     """Freezes all but the last `trainable_last` units and compiles `model` as `config` says.
 
     With `keep_compile`, a model the user compiled keeps its own optimizer, loss and metrics.
+    `first_epoch`: the epoch training starts at (a resumed run), whose phase decides what trains.
     """
+    if _phased_freezing(config) and not keep_compile:
+        # The optimizer knows every variable that any phase will train, so a later phase can
+        # unfreeze more layers and keep the optimizer (and the schedule's position).
+        compile_model(model, config, config.resolved_phases(), num_train_examples)
+        model.optimizer.build(model.trainable_variables)
+        set_trainable(model, config.trainable_last_at(first_epoch), config)
+        return model
     if config.trainable_last is not None:
         freeze(model, config.trainable_last)
     if not keep_compile:
         compile_model(model, config, config.resolved_phases(), num_train_examples)
     return model
+
+
+def _phased_freezing(config):
+    return any(phase.trainable_last is not None for phase in config.phases)
+
+
+def set_trainable(model, trainable_last, config):
+    """Trains the last `trainable_last` units (all with None) and recompiles with the same optimizer."""
+    if trainable_last is None:
+        for layer in model.layers:
+            layer.trainable = True
+    else:
+        freeze(model, trainable_last)
+    compile_model(model, config, None, None, optimizer=model.optimizer)
 
 
 def monitor_for(config, has_validation):
@@ -76,9 +99,13 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
                                                  mode="min" if "loss" in monitor else "max"))
     everything = [*own, *([keeper] if keeper else []), *callbacks]
     histories = []
+    trainable_last = config.trainable_last_at(initial_epoch)
     for start, end, learning_rate, batch_size in spans:
         if initial_epoch >= end:
             continue
+        if _phased_freezing(config) and config.trainable_last_at(start) != trainable_last:
+            trainable_last = config.trainable_last_at(start)
+            set_trainable(model, trainable_last, config)
         if plateau is not None:
             plateau.first_epoch = start  # each phase starts its own patience count
             if initial_epoch <= start:

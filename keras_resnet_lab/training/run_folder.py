@@ -67,6 +67,10 @@ def model_fingerprint(model):
 def run_identity(config, model, data_identity, compile_config=None):
     """{architecture, data, training}: what a run folder must match to be resumed or reused."""
     architecture = model_fingerprint(model)
+    if config.weights is not None:  # the starting weights by content: another file of the same name is another run
+        from ..models import weights_identity
+
+        architecture["weights"] = weights_identity(config.model, config.weights)
     if compile_config is not None:  # the user's own compile() is part of what the run computes
         text = json.dumps(compile_config, sort_keys=True, default=str)
         architecture["compile_sha256"] = hashlib.sha256(text.encode()).hexdigest()

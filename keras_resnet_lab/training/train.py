@@ -2,13 +2,14 @@
 
 import dataclasses
 import sys
+import warnings
 from pathlib import Path
 
 import keras
 
 from ..data import LOAD_OPTIONS, as_bundle, load_dataset
 from ..errors import ConfigError, TrainingDiverged, choices_message
-from ..models import check_options, flops_per_image, parameter_counts
+from ..models import check_options, check_weights_for, flops_per_image, parameter_counts, weights_file
 from . import fitting
 from .callbacks import RunKeeper
 from .config import TrainConfig
@@ -88,6 +89,8 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
     keep_compile = isinstance(model, keras.Model) and model.compiled and not (settings.keys() & COMPILE_SETTINGS)
     configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     check_fast_kernels()
+    if config.weights is not None:  # download, or refuse a missing or damaged file, before the data loads
+        weights_file(config.model, config.weights, verify=True)
     keras.utils.set_random_seed(config.seed)
     bundle = _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model)
     _evaluation_split(bundle)  # data with nothing to evaluate on is refused before it trains
@@ -104,7 +107,8 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
     try:
         if state.finished:
             return _load_finished(folder, config, state)
-        fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile)
+        fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile,
+                        first_epoch=state.epochs_done)
         if state.checkpoint:
             folder.restore(model, state)
             _say(config, f"Resuming {folder.path} after epoch {state.epochs_done}.")
@@ -134,8 +138,17 @@ def resolve(model, dataset, config, settings):
         raise ConfigError(f"model must be a registered name, a keras.Model or a TrainConfig; received {type(model).__name__}.")
     if isinstance(dataset, str):
         config, dataset = config.replace(dataset=dataset), None
+    config = with_pretrained_inputs(config)
     return check_config(config, registered_model=not isinstance(model, keras.Model), named_data=dataset is None), \
         model, dataset
+
+
+def with_pretrained_inputs(config):
+    """A pretrained run's data normalized as the checkpoint's network was trained (ImageNet's mean and
+    std), unless `dataset_options` sets `standardize` itself (False opts out)."""
+    if config.weights is None or "standardize" in config.dataset_options:
+        return config
+    return config.replace(dataset_options={**config.dataset_options, "standardize": "imagenet"})
 
 
 def check_config(config, *, registered_model=True, named_data=True):
@@ -144,6 +157,11 @@ def check_config(config, *, registered_model=True, named_data=True):
     config.validate()
     if registered_model:
         check_options(config.model, config.model_options)
+        check_weights_for(config.model, config.weights)
+    elif config.weights is not None:
+        raise ConfigError(f"weights={config.weights!r} builds a registered model; this run was given a keras.Model. "
+                          f"Build it with build_model(..., weights=...) and pass dataset_options="
+                          f"{{'standardize': 'imagenet'}} for its inputs, or pass the model's name.")
     if named_data:
         for key in config.dataset_options:
             if key not in LOAD_OPTIONS:
@@ -172,7 +190,7 @@ def _bundle(config, dataset, validation_data, test_data, num_classes, class_name
         num_classes = int(model.output_shape[-1])
     return as_bundle(dataset, validation_data=validation_data, test_data=test_data, num_classes=num_classes,
                      class_names=class_names, batch_size=config.batch_size, validation_split=config.validation_split,
-                     seed=config.seed)
+                     seed=config.seed, standardize=config.dataset_options.get("standardize", False))
 
 
 def _with_data(config, bundle, settings):
@@ -182,6 +200,10 @@ def _with_data(config, bundle, settings):
     if asked is not None and asked != split and bundle.source not in ("arrays", "tf.data"):
         raise ConfigError(f"The DatasetBundle was loaded with validation_split={split}; pass "
                           f"validation_split={asked} to load_dataset instead.")
+    if config.weights is not None and bundle.preprocessing.mean is None and config.dataset_options.get("standardize") is not False:
+        warnings.warn(f"weights={config.weights!r}: this {bundle.source} data is not normalized, but pretrained "
+                      f"ResNets expect ImageNet's mean and std: load_dataset(..., standardize='imagenet') does it "
+                      f"(tf.data datasets are used as given).", stacklevel=3)
     changes = {"dataset": bundle.name, "dataset_options": bundle.options, "validation_split": split}
     if "batch_size" not in settings and not config.phases:
         changes["batch_size"] = bundle.batch_size
