@@ -40,8 +40,9 @@ _LAZY = {
     "export": ".export", "load_exported": ".export",
     "tune": ".tuning", "TuneConfig": ".tuning", "TuneResult": ".tuning",
 }
-# Names whose code is tf.data or SavedModel code (the models also build on Keras's other backends).
-_NEEDS_TENSORFLOW = {".data", ".training.train", ".training.compare", ".training.replicas", ".export", ".tuning"}
+# Names that exist only on Keras's TensorFlow backend (TensorFlow's thread pools). The rest runs
+# on JAX too: tf.data feeds either backend, and export writes its SavedModel from a TensorFlow process.
+_NEEDS_TENSORFLOW = {".training.replicas"}
 
 
 def __getattr__(name):
@@ -56,8 +57,13 @@ def __getattr__(name):
                 f"keras_resnet_lab.{name} needs Keras's TensorFlow backend; this process runs "
                 f"{keras.backend.backend()!r}. Unset KERAS_BACKEND or set it to 'tensorflow'."
             )
-    value = getattr(importlib.import_module(module, __name__), name)
+    loaded = importlib.import_module(module, __name__)
+    value = getattr(loaded, name)
     globals()[name] = value
+    # Importing `.export` binds the package's `export` to that module: the function keeps the name.
+    short = module.lstrip(".")
+    if short in _LAZY and globals().get(short) is loaded:
+        globals()[short] = getattr(loaded, short)
     return value
 
 

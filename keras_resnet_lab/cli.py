@@ -15,6 +15,7 @@ CONFIG_FLAGS = {
     "--schedule": str, "--weight-decay": float, "--clipnorm": float, "--label-smoothing": float,
     "--validation-split": float, "--early-stopping-patience": int, "--seed": int,
     "--steps-per-execution": int, "--run-dir": str, "--data-dir": str, "--weights": str, "--trainable-last": int,
+    "--devices": int,
 }
 
 
@@ -116,6 +117,7 @@ def cmd_train(args):
         config = config.replace(dataset=args.dataset)
     overrides = _overrides(args)
     config = _merge(config, overrides)
+    _set_process_env(args)
     if "cpu_replicas" not in overrides and "cpu_replicas" not in given:
         config = _auto_replicas(config, args)
     result = train(config)
@@ -264,6 +266,15 @@ def cmd_tune(args):
             _export(result.best_run.run_dir)
 
 
+def _set_process_env(args):
+    """One process of a multi-process JAX run: the flags fill Keras's own variables."""
+    from .training.devices import PROCESS_ENV
+
+    for name, value in zip(PROCESS_ENV, (args.coordinator, args.num_processes, args.process_id)):
+        if value is not None:
+            os.environ[name] = str(value)
+
+
 def _set_distributed_env(args):
     """keras-tuner's distributed mode reads three variables; the oracle defaults to loopback."""
     if not args.role:
@@ -294,6 +305,10 @@ def build_parser():
     source.add_argument("--config", help="a TOML or YAML file of TrainConfig fields")
     train.add_argument("--model", help="a name from `keras-resnet-lab models`")
     train.add_argument("--dataset", help="mnist, fashion_mnist, cifar10, cifar100, digits, image_folder")
+    processes = train.add_argument_group("a run of several processes (KERAS_BACKEND=jax; Keras's KERAS_DISTRIBUTION_* variables)")
+    processes.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
+    processes.add_argument("--num-processes", type=int, help="how many processes train this one model")
+    processes.add_argument("--process-id", type=int, help="this process: 0 (writes the run folder) to N-1")
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
@@ -350,10 +365,14 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from .errors import LabError, os_error_message
+    from .errors import LabError, ProcessLost, os_error_message
 
     try:
         args.func(args)
+    except ProcessLost as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)  # JAX's own shutdown would wait for the lost process, then abort with a stack dump
     except LabError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

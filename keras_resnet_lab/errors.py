@@ -37,6 +37,10 @@ class WeightsError(LabError, ValueError):
     """A checkpoint that cannot be found, downloaded, trusted or mapped onto the model."""
 
 
+class ProcessLost(LabError, RuntimeError):
+    """Another process of a multi-process run stopped, so this one cannot go on."""
+
+
 class TrainingDiverged(LabError, RuntimeError):
     """The loss became NaN or infinite during training."""
 

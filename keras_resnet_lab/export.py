@@ -8,7 +8,10 @@ images (batch, height, width, channels) of any size with 1, 3 or 4 channels and 
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -134,9 +137,14 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
     version is swapped atomically on Linux), so a server watching `export_dir` never sees a
     half-written version, nor a moment without one.
 
+    A SavedModel is a TensorFlow graph: on Keras's JAX backend, a run folder is exported by
+    this same function in a TensorFlow-backend subprocess (its `model.keras` is backend-neutral).
+
     Example:
         >>> export("runs/seed000-mnist-baseline")   # -> saved_models/seed000-mnist-baseline/1
     """
+    if keras.backend.backend() != "tensorflow":
+        return _export_on_tensorflow(model_or_run_dir, export_dir, version, overwrite, preprocessing, class_names)
     model, prep, names, name = _load_source(model_or_run_dir, preprocessing, class_names)
     model_dir = Path(export_dir or Path("saved_models") / name)
     version = _next_version(model_dir) if version is None else version
@@ -170,6 +178,22 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _export_on_tensorflow(run_dir, export_dir, version, overwrite, preprocessing, class_names):
+    if isinstance(run_dir, keras.Model) or preprocessing is not None or class_names is not None:
+        raise ConfigError(f"On Keras's {keras.backend.backend()} backend, export takes a run folder (from train) "
+                          f"alone: a SavedModel is a TensorFlow graph, written by a TensorFlow-backend process from "
+                          f"the run's model.keras. Save your model with train(...), or export under KERAS_BACKEND=tensorflow.")
+    command = [sys.executable, "-m", "keras_resnet_lab.cli", "export", str(run_dir)]
+    command += ["--export-dir", str(export_dir)] if export_dir else []
+    command += ["--version", str(version)] if version is not None else []
+    command += ["--overwrite"] if overwrite else []
+    done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    if done.returncode:
+        raise LabError(lines[-1].removeprefix("error: ") if lines else f"export of {run_dir} failed.")
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 class ExportedModel:

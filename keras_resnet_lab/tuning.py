@@ -28,6 +28,7 @@ from .training import fitting
 from .training.config import MONITORS, TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
 from .training.replicas import configure_cpu_replicas
+from .training.devices import check_batch_sizes, device_count, distributed
 from .training.train import check_config, with_pretrained_inputs
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
@@ -289,7 +290,11 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     if address and not _is_chief():  # the chief listens once it has loaded its own data, as this worker has
         _wait_for_chief(*address)
     tuner = _make_tuner(config, hypermodel)
-    tuner.search(epochs=config.max_epochs, verbose=0 if base.verbose == "quiet" else 1)
+    devices = device_count(base.devices)  # each trial trains on every local device, as `train` does
+    if devices > 1:
+        check_batch_sizes(devices, [base.batch_size])
+    with distributed(devices):
+        tuner.search(epochs=config.max_epochs, verbose=0 if base.verbose == "quiet" else 1)
     if not _is_chief():
         return None  # a worker of a distributed search: the chief writes the leaderboard
     _raise_if_all_failed(tuner, project_dir)

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import ConfigError, DataError
-from .pipeline import Preprocessing, epoch_counter, make_augmenter, make_dataset
+from .pipeline import EpochCounter, Preprocessing, make_augmenter, make_dataset
 
 
 @dataclasses.dataclass
@@ -42,13 +42,13 @@ class DatasetBundle:
     seed: int = 0
     source: str = ""
     options: dict = dataclasses.field(default_factory=dict)
-    train_epoch: Optional[tf.Variable] = None
+    train_epoch: Optional[EpochCounter] = None
 
     def start_training_at(self, epoch):
         """Makes the train split's next pass epoch `epoch` (0-based) of the seed's sequence of
-        orders and augmentations; a resumed run calls it with the epoch it resumes at."""
+        orders and augmentations (a resumed run's first epoch)."""
         if self.train_epoch is not None:
-            self.train_epoch.assign(epoch)
+            self.train_epoch.release(epoch)
 
     def with_batch_size(self, batch_size):
         """The same data and transforms, batched by `batch_size` (for training phases)."""
@@ -102,7 +102,7 @@ def carve_validation(x, y, fraction, seed):
 def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source, options=None):
     """A `DatasetBundle` of batched pipelines over in-memory `arrays` {split: (x, y)}."""
     augmenter = make_augmenter(augment)
-    train_epoch = epoch_counter()
+    train_epoch = EpochCounter()
     splits = {
         split: make_dataset(x, y, prep, batch_size, shuffle_seed=seed, augmenter=augmenter, epoch=train_epoch)
         if split == "train" else make_dataset(x, y, prep, batch_size)

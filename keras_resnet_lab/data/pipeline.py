@@ -236,19 +236,39 @@ def _pipeline_options():
 PIPELINE_OPTIONS = _pipeline_options()
 
 
-def epoch_counter():
-    """The epoch a shuffled pipeline reads next; `make_dataset` advances it as each epoch begins."""
-    return tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+class EpochCounter:
+    """Which epoch's order and augmentations a shuffled train split gives on its next pass.
+
+    Iterated on its own, the split advances it as each pass begins. `fit` instead *pins* it to
+    Keras's epoch at every epoch's start: input pipelines may then start passes ahead of time
+    (a distribution strategy's prefetching iterators draw a first batch and are thrown away)
+    and each pass still reads the epoch being trained.
+    """
+
+    def __init__(self):
+        self.value = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.pinned = tf.Variable(False, trainable=False, name="epoch_pinned")
+
+    def next_pass(self):
+        """In the dataset graph: the epoch this pass reads (advancing the count unless pinned)."""
+        return tf.cond(self.pinned, self.value.read_value, lambda: self.value.assign_add(1) - 1)
+
+    def pin(self, epoch):
+        self.value.assign(epoch)
+        self.pinned.assign(True)
+
+    def release(self, next_epoch):
+        """Back to counting passes, the next one being `next_epoch`."""
+        self.value.assign(next_epoch)
+        self.pinned.assign(False)
 
 
 def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None):
     """A batched, prefetched `tf.data.Dataset` of (float32 image, int label) over uint8 `x`.
 
-    With `shuffle_seed`, epoch `e` (counted by the `epoch` variable, made here when not given)
-    has an order and augmentations that depend only on (seed, e): the variable is read and
-    advanced when the epoch's first batch is drawn, not when an iterator is created, so a
-    resumed run that sets it to the epoch it resumes at sees exactly what an uninterrupted run
-    saw, however many iterators Keras creates along the way.
+    With `shuffle_seed`, epoch `e` (counted by `epoch`, an `EpochCounter` made here when not
+    given) has an order and augmentations that depend only on (seed, e): a resumed run sees
+    exactly what an uninterrupted run saw, however many iterators Keras creates along the way.
     """
     images, labels = tf.constant(x), tf.constant(y, tf.int32)
     count = len(x)
@@ -263,7 +283,7 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, e
     if shuffle_seed is None:
         batches = tf.data.Dataset.range(count).batch(batch_size).map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
-    epoch = epoch_counter() if epoch is None else epoch
+    epoch = EpochCounter() if epoch is None else epoch
     seed = tf.constant(shuffle_seed, tf.int64)
 
     def epoch_batches(current):
@@ -272,7 +292,7 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, e
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate().map(
             lambda number, index: (index, tf.stack([seed + (current + 1) * 1_000_003, number])))
 
-    batches = tf.data.Dataset.range(1).map(lambda _: epoch.assign_add(1) - 1).flat_map(epoch_batches)
+    batches = tf.data.Dataset.range(1).map(lambda _: epoch.next_pass()).flat_map(epoch_batches)
     batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))  # Keras counts steps
     load = load_augmented_batch if augmenter else lambda index, _: load_batch(index)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)

@@ -145,3 +145,20 @@ class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
             self.wait += 1
             if self.wait >= self.patience and row.get("learning_rate", math.inf) > self.min_lr:
                 self.cooldown_counter, self.wait = self.cooldown, 0
+
+
+class PinnedEpochs(keras.callbacks.Callback):
+    """Pins a shuffled train split to Keras's epoch as each epoch begins, so the run shuffles and
+    augments epoch `e` the same way whether it is resumed, distributed or neither."""
+
+    def __init__(self, counter):
+        super().__init__()
+        self.counter = counter
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self.counter.pin(epoch)
+
+    def on_train_end(self, logs=None):
+        self.counter.release(self.epoch + 1)

@@ -85,7 +85,17 @@ def default_steps_per_execution(model):
     (cifar_resnet20: 677 at 1, 672 at 16), so they keep one step per call, and with it a
     progress bar and NaN check after every step.
     """
-    return 1 if has_batch_norm(model) else 16
+    return 1 if has_batch_norm(model) or mirrored() else 16
+
+
+def mirrored():
+    """Whether a TensorFlow MirroredStrategy over several devices is in scope (Keras 3's multi-step
+    loop fails under it: such runs take one step per call)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and tf.distribute.get_strategy().num_replicas_in_sync > 1
 
 
 def has_batch_norm(model):

@@ -77,6 +77,7 @@ class TrainConfig:
     steps_per_execution: Optional[int] = None  # None: chosen per model, see compiling.default_steps_per_execution
     jit_compile: bool = False
     cpu_replicas: int = 1  # >1: each batch split across that many CPU cores, see training.replicas
+    devices: Optional[int] = None  # local GPUs (or virtual CPU devices) to train on; None: all, see training.devices
     run_dir: Optional[str] = None
     overwrite: bool = False
     reports: bool = True  # plots and report pages at the end of the run
@@ -184,6 +185,8 @@ class TrainConfig:
             )
         self._validate_phases()
         self._validate_cpu_replicas()
+        if self.devices is not None:
+            _positive_int("devices", self.devices)
         if self.verbose not in ("auto", "quiet", "bar", "line", 0, 1, 2):
             raise ConfigError(choices_message("verbose", self.verbose, ("auto", "quiet", "bar", "line")))
         return self
@@ -226,7 +229,7 @@ class TrainConfig:
 
 
 # Settings that may differ between a run and its resumption without changing what it computes.
-RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "cpu_replicas", "reports")
+RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "cpu_replicas", "devices", "reports")
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table (dict)",
                list: "a list", type(None): "unset (None)"}

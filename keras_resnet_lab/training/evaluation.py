@@ -2,11 +2,19 @@
 
 import numpy as np
 
+from .devices import even_batches, gathered_logits, process_count
+
 
 def predict_labels(model, dataset):
     """(true labels, predicted labels, probabilities) over a batched (image, label) dataset."""
-    logits = model.predict(dataset.map(lambda images, labels: images), verbose=0)
-    true = np.concatenate([labels for labels in dataset.map(lambda images, labels: labels).as_numpy_iterator()])
+    dataset = even_batches(dataset, training=False, own_part=False)  # JAX devices: padded, weights 0 for the pads
+    images = dataset.map(lambda images, *rest: images)
+    logits = gathered_logits(model, images) if process_count() > 1 else model.predict(images, verbose=0)
+    columns = list(zip(*dataset.map(lambda images, *rest: rest).as_numpy_iterator()))
+    true = np.concatenate(columns[0])
+    if len(columns) > 1:  # drop the pads
+        real = np.concatenate(columns[1]) > 0
+        true, logits = true[real], np.asarray(logits)[real]
     logits = np.asarray(logits, np.float64)
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)

@@ -14,8 +14,9 @@ import keras
 
 from ..errors import ConfigError
 from ..models import build_model, freeze
-from .callbacks import LearningRateLogger, ResumablePlateau
+from .callbacks import LearningRateLogger, PinnedEpochs, ResumablePlateau
 from .compiling import compile_model, dtype_policy
+from .devices import even_batches
 from .replicas import split_batches
 
 PLATEAU_PATIENCE = 3  # epochs without improvement before the "plateau" schedule multiplies the rate by step_gamma
@@ -110,13 +111,14 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
             plateau.first_epoch = start  # each phase starts its own patience count
             if initial_epoch <= start:
                 model.optimizer.learning_rate = learning_rate
-        train_split, validation = _splits(data, batch_size, config, first_epoch=max(start, initial_epoch))
+        train_split, validation, counter = _splits(data, batch_size, config)
         if steps_per_epoch and hasattr(train_split, "repeat"):  # a tf.data pipeline (not a generator)
             train_split = train_split.repeat()
         with split_batches(model, config.cpu_replicas):
             histories.append(model.fit(
                 train_split, validation_data=validation, initial_epoch=max(start, initial_epoch), epochs=end,
-                steps_per_epoch=steps_per_epoch, callbacks=everything, verbose=verbose, shuffle=False,
+                steps_per_epoch=steps_per_epoch, callbacks=[*([PinnedEpochs(counter)] if counter else []), *everything],
+                verbose=verbose, shuffle=False,
             ))
         if model.stop_training:  # early stopping or a diverged loss ends the later phases too
             break
@@ -138,21 +140,19 @@ def _validation_of(data):
     return data[1] if isinstance(data, tuple) else data.validation
 
 
-def _splits(data, batch_size, config, first_epoch):
-    """(train, validation) batched by `batch_size`, with one-hot labels under label smoothing.
-
-    The train split's next pass is epoch `first_epoch` of its seeded orders, so a resumed run
-    shuffles and augments as the uninterrupted run did.
-    """
+def _splits(data, batch_size, config):
+    """(train, validation, the train split's `EpochCounter` or None) batched by `batch_size`, with
+    one-hot labels under label smoothing."""
     if isinstance(data, tuple):
-        (train_split, validation), num_classes = data, None
+        (train_split, validation), num_classes, counter = data, None, None
     else:
         rebatched = data.with_batch_size(batch_size)
-        rebatched.start_training_at(first_epoch)
         train_split, validation, num_classes = rebatched.train, rebatched.validation, data.num_classes
-    if not config.label_smoothing:
-        return train_split, validation
-    return _one_hot(train_split, num_classes), _one_hot(validation, num_classes) if validation is not None else None
+        counter = rebatched.train_epoch
+    if config.label_smoothing:
+        train_split = _one_hot(train_split, num_classes)
+        validation = _one_hot(validation, num_classes) if validation is not None else None
+    return even_batches(train_split, training=True), even_batches(validation, training=False), counter
 
 
 def _one_hot(dataset, num_classes):

@@ -75,8 +75,12 @@ def auto_cpu_replicas(config):
     model (the command line's): the pools hold for the whole process and would slow a batch-norm
     model trained after it, so the Python API keeps 1 unless asked.
     """
+    import keras
+
     from ..models import get_spec
 
+    if keras.backend.backend() != "tensorflow" or (config.devices or 1) > 1:
+        return 1  # TensorFlow's thread pools only, and never with a run on several devices
     cores = os.cpu_count() or 1
     batches = [batch for *_, batch in config.resolved_phases()]
     if cores not in AUTO_CORE_COUNTS or min(batches) < cores:

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -106,11 +107,26 @@ def _differences(saved, current, prefix=""):
 
 
 class RunFolder:
-    """One run's folder. Open it with `open`, which checks, clears or creates it."""
+    """One run's folder. Open it with `open`, which checks, clears or creates it.
 
-    def __init__(self, path):
+    `writes=False`: a reader, for the other processes of a run of several (only process 0
+    writes): `open` checks the folder process 0 opened. Saving a model gathers its variables
+    from every process, so a reader saves too, into a scratch folder of its own that it removes.
+    """
+
+    def __init__(self, path, writes=True):
         self.path = Path(path)
+        self.writes = writes
         self._lock_file = None
+        self._scratch = None
+
+    def _target(self, name):
+        """Where `name` is written: in the folder, or a reader's scratch folder."""
+        if self.writes:
+            return self / name
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="keras-resnet-lab-reader-"))
+        return self._scratch / Path(name).name
 
     def __truediv__(self, name):
         return self.path / name
@@ -128,6 +144,9 @@ class RunFolder:
         """
         if self.path.exists() and not self.path.is_dir():
             raise ConfigError(f"run_dir {self.path} is a file; choose a folder (--run-dir).")
+        if not self.writes:
+            self._check_identity(identity)
+            return self.load_state()
         if overwrite:
             self.clear()
         elif (self / IDENTITY).is_file():
@@ -203,6 +222,9 @@ class RunFolder:
         self._lock_file = handle
 
     def unlock(self):
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -221,6 +243,8 @@ class RunFolder:
         return state
 
     def save_state(self, state):
+        if not self.writes:
+            return
         write_text_atomic(self / STATE, json.dumps(dataclasses.asdict(state), indent=1))
         if state.history:
             fields = list(dict.fromkeys(key for row in state.history for key in row))
@@ -232,20 +256,24 @@ class RunFolder:
 
     def save_weights(self, model, name):
         """`model.save_weights` (optimizer state included) atomically, as `name` in the folder."""
-        with atomic_path(self / name) as tmp:
+        with atomic_path(self._target(name)) as tmp:
             model.save_weights(tmp)
 
     def save_checkpoint(self, model, state, epoch, best=False):
         """The epoch's weights (and, if `best`, a copy as the best); then the state naming them;
-        then the files it no longer names go. A kill at any point leaves a state whose files exist."""
+        then the files it no longer names go. A kill at any point leaves a state whose files exist.
+        A reader (`writes=False`) only records the names, as the writer does."""
         name = f"{CHECKPOINTS}/epoch-{epoch:04d}.weights.h5"
         self.save_weights(model, name)
         state.checkpoint = name
         if best:
             state.best_checkpoint = f"{CHECKPOINTS}/best-epoch-{epoch:04d}.weights.h5"
-            with atomic_path(self / state.best_checkpoint) as tmp:
-                shutil.copyfile(self / name, tmp)
+            if self.writes:
+                with atomic_path(self / state.best_checkpoint) as tmp:
+                    shutil.copyfile(self / name, tmp)
         self.save_state(state)
+        if not self.writes:
+            return
         # What the state no longer names goes, with anything a kill left between copy and state.
         named = {state.checkpoint, state.best_checkpoint}
         for path in (self / CHECKPOINTS).glob("*.weights.h5"):
@@ -274,8 +302,10 @@ class RunFolder:
         """The portable best model, the test metrics and the data contract export needs."""
         from ..models import portable_copy
 
-        with atomic_path(self / MODEL) as tmp:
+        with atomic_path(self._target(MODEL)) as tmp:
             portable_copy(model).save(tmp)
+        if not self.writes:
+            return
         write_text_atomic(self / DATA, json.dumps(data_contract, indent=1))
         write_text_atomic(self / METRICS, json.dumps(metrics, indent=1))
 

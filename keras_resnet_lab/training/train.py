@@ -1,5 +1,6 @@
 """`train`: one call from a model and data to a trained, evaluated, resumable run folder."""
 
+import contextlib
 import dataclasses
 import sys
 import warnings
@@ -8,13 +9,15 @@ from pathlib import Path
 import keras
 
 from ..data import LOAD_OPTIONS, as_bundle, load_dataset
-from ..errors import ConfigError, TrainingDiverged, choices_message
+from ..errors import ConfigError, ProcessLost, TrainingDiverged, choices_message
 from ..models import check_options, check_weights_for, flops_per_image, parameter_counts, weights_file
 from . import fitting
 from .callbacks import RunKeeper
 from .config import TrainConfig
 from .evaluation import classification_metrics, predict_labels
 from ..hardware import check_fast_kernels
+from .devices import (barrier, check_batch_sizes, device_count, distributed, process_count, process_index,
+                      start_processes)
 from .replicas import configure_cpu_replicas
 from .report import write_run_report
 from .run_folder import RunFolder, data_contract, default_run_dir, run_identity
@@ -86,11 +89,13 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
         >>> result.metrics["accuracy"], result.history["val_accuracy"][-1]
     """
     config, model, dataset = resolve(model, dataset, config, settings)
+    start_processes()  # one of several JAX processes (Keras's variables): before anything runs JAX
     keep_compile = isinstance(model, keras.Model) and model.compiled and not (settings.keys() & COMPILE_SETTINGS)
     configure_cpu_replicas(config.cpu_replicas)  # before any TensorFlow op: it sets the thread pools
     check_fast_kernels()
     if config.weights is not None:  # download, or refuse a missing or damaged file, before the data loads
         weights_file(config.model, config.weights, verify=True)
+    count = _device_count(config, model)
     keras.utils.set_random_seed(config.seed)
     bundle = _bundle(config, dataset, validation_data, test_data, num_classes, class_names, model)
     _evaluation_split(bundle)  # data with nothing to evaluate on is refused before it trains
@@ -98,25 +103,73 @@ def train(model=None, dataset=None, config=None, *, callbacks=(), validation_dat
         config = _with_data(config, bundle, settings)
     if keep_compile:
         config = config.replace(optimizer=keras.optimizers.serialize(model.optimizer))
-    if not isinstance(model, keras.Model):
-        model = fitting.build(config, bundle.input_shape, bundle.num_classes)
-    identity = run_identity(config, model, bundle.identity(), model.get_compile_config() if keep_compile else None)
-    folder = RunFolder(config.run_dir or default_run_dir(config, identity))
-    config = config.replace(run_dir=str(folder.path))
-    state = folder.open(config, identity, overwrite=config.overwrite)
+    with distributed(count):
+        if not isinstance(model, keras.Model):
+            model = fitting.build(config, bundle.input_shape, bundle.num_classes)
+        identity = run_identity(config, model, bundle.identity(), model.get_compile_config() if keep_compile else None)
+        folder = RunFolder(config.run_dir or default_run_dir(config, identity), writes=process_index() == 0)
+        config = config.replace(run_dir=str(folder.path))
+        state = _open(folder, config, identity)
+        try:
+            return _run(model, bundle, config, state, folder, list(callbacks), keep_compile, count)
+        finally:
+            folder.unlock()
+
+
+def _open(folder, config, identity):
+    """Process 0 opens (creates, checks or clears) the folder; the others then read what it holds."""
+    state = folder.open(config, identity, overwrite=config.overwrite) if folder.writes else None
+    barrier("run folder open")
+    return state or folder.open(config, identity)
+
+
+def _run(model, bundle, config, state, folder, callbacks, keep_compile, devices):
+    if state.finished:
+        return _load_finished(folder, config, state)
+    fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile,
+                    first_epoch=state.epochs_done)
+    if state.checkpoint:
+        folder.restore(model, state)
+        _say(config, f"Resuming {folder.path} after epoch {state.epochs_done}.")
+    with _other_processes_watched(folder, state):
+        _fit(model, bundle, config, state, folder, callbacks)
+    barrier("checkpoints written")  # every process loads the best epoch process 0 saved
+    folder.load_best(model, state)
+    return _finish(model, bundle, config, state, folder, devices)
+
+
+@contextlib.contextmanager
+def _other_processes_watched(folder, state):
+    """In a run of several processes, one that dies fails the others' next step: say so, and how to resume."""
     try:
-        if state.finished:
-            return _load_finished(folder, config, state)
-        fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile,
-                        first_epoch=state.epochs_done)
-        if state.checkpoint:
-            folder.restore(model, state)
-            _say(config, f"Resuming {folder.path} after epoch {state.epochs_done}.")
-        _fit(model, bundle, config, state, folder, list(callbacks))
-        folder.load_best(model, state)
-        return _finish(model, bundle, config, state, folder)
-    finally:
-        folder.unlock()
+        yield
+    except Exception as error:
+        if process_count() == 1 or type(error).__name__ != "JaxRuntimeError":
+            raise
+        raise ProcessLost(
+            f"Process {process_index()} of {process_count()} stopped: another process of this run is gone "
+            f"({str(error).splitlines()[-1][:200]}). Start every process again with the same command: the run "
+            f"resumes in {folder.path} after epoch {state.epochs_done}."
+        ) from None
+
+
+def _device_count(config, model):
+    """The local devices this run trains on: all by default for a registered model, one for the user's own."""
+    if isinstance(model, keras.Model) and config.devices is None:
+        return 1  # its variables already live on one device
+    if isinstance(model, keras.Model) and config.devices > 1:
+        raise ConfigError(f"devices={config.devices} builds the model on the devices, but this run was given a "
+                          f"keras.Model built outside them: pass the model's name (or TrainConfig) instead.")
+    count = device_count(config.devices)
+    if count > 1:
+        check_batch_sizes(count, [batch_size for *_, batch_size in config.resolved_phases()])
+        if config.cpu_replicas > 1:
+            raise ConfigError(f"cpu_replicas={config.cpu_replicas} and {count} devices both split each batch: "
+                              f"use one (devices=1 for cpu_replicas).")
+        if (config.steps_per_execution or 1) > 1 and keras.backend.backend() == "tensorflow":
+            raise ConfigError(f"steps_per_execution={config.steps_per_execution} fails in Keras 3 under TensorFlow's "
+                              f"MirroredStrategy ({count} devices): leave it unset, or use devices=1.")
+    return count
 
 
 # ---------------------------------------------------------------------------- set-up
@@ -220,7 +273,7 @@ def _verbosity(setting):
 
 
 def _say(config, message):
-    if _verbosity(config.verbose):
+    if _verbosity(config.verbose) and process_index() == 0:
         print(message, flush=True)
 
 
@@ -229,10 +282,10 @@ def _fit(model, bundle, config, state, folder, callbacks):
         return
     keeper = RunKeeper(folder, state, monitor=fitting.monitor_for(config, bundle.validation is not None),
                        patience=config.early_stopping_patience)
-    if config.reports:
+    if config.reports and folder.writes:
         callbacks.insert(0, keras.callbacks.TensorBoard(log_dir=str(folder.tensorboard), write_graph=False))
     fitting.fit(model, config, bundle, callbacks=callbacks, initial_epoch=state.epochs_done, history=state.history,
-                keeper=keeper, verbose=_verbosity(config.verbose))
+                keeper=keeper, verbose=_verbosity(config.verbose) if folder.writes else 0)
     if keeper.diverged:
         epoch, steps, loss = keeper.diverged
         rate = state.history[-1]["learning_rate"] if state.history else config.resolved_phases()[0][2]
@@ -254,15 +307,16 @@ def _evaluation_split(bundle):
                       "or set validation_split.")
 
 
-def _finish(model, bundle, config, state, folder):
+def _finish(model, bundle, config, state, folder, devices):
     split, data = _evaluation_split(bundle)
     y_true, y_pred, probabilities = predict_labels(model, data)
     metrics = {"split": split, **classification_metrics(y_true, y_pred, probabilities, bundle.class_names),
                "parameters": parameter_counts(model), "flops_per_image": flops_per_image(model),
-               "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done}
+               "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done,
+               "backend": keras.backend.backend(), "devices": devices, "processes": process_count()}
     folder.save_results(model, metrics, data_contract(bundle))
     result = TrainResult(model, history_of(state.history), metrics, folder.path, config)
-    if config.reports:
+    if config.reports and folder.writes:
         write_run_report(folder.path, result, bundle, (y_true, y_pred, probabilities))
     state.finished = True
     folder.save_state(state)
