@@ -7,6 +7,8 @@ figure is the worst |ours - reference| over the logits, relative to the largest 
 A 1-channel model is compared with the reference on the gray image copied to RGB (timm's rule).
 
     python -m benchmarks.parity            # every case: resnet18/50, even/odd size, 1000/10 classes, 1/3 channels
+    python -m benchmarks.parity --reference torchvision   # torchvision's own ResNet (where a wheel of it imports)
+    python -m benchmarks.parity --reference timm          # timm's ResNet (same state-dict names)
 """
 
 import argparse
@@ -21,14 +23,27 @@ import numpy as np
 CASES = list(itertools.product((18, 50), (64, 57), (1000, 10), (3, 1)))
 
 
-def randomized_reference(depth, num_classes, seed):
+def reference_model(depth, num_classes, source="ours"):
+    """The PyTorch ResNet to compare with: ours written out, torchvision's or timm's own code."""
+    if source == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, f"resnet{depth}")(num_classes=num_classes)
+    if source == "timm":
+        import timm
+
+        return timm.create_model(f"resnet{depth}", pretrained=False, num_classes=num_classes)
+    from benchmarks.torch_models import TorchvisionResNet
+
+    return TorchvisionResNet(depth, num_classes)
+
+
+def randomized_reference(depth, num_classes, seed, source="ours"):
     """A torchvision-layout ResNet in eval mode with random weights and batch-norm statistics."""
     import torch
 
-    from benchmarks.torch_models import TorchvisionResNet
-
     generator = torch.Generator().manual_seed(seed)
-    model = TorchvisionResNet(depth, num_classes)
+    model = reference_model(depth, num_classes, source)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             shape = tensor.shape
@@ -56,7 +71,7 @@ def save_both(reference, folder):
     return folder / "ref.pth", folder / "ref.safetensors"
 
 
-def parity_errors(depth, size, num_classes, channels, folder):
+def parity_errors(depth, size, num_classes, channels, folder, source="ours"):
     """{format: worst relative logit error} of our resnet<depth> against the reference, for one case."""
     import torch
 
@@ -64,7 +79,7 @@ def parity_errors(depth, size, num_classes, channels, folder):
     from keras_resnet_lab.models.checkpoints import read_checkpoint
     from keras_resnet_lab.models.pretrained import load_torchvision_weights
 
-    reference = randomized_reference(depth, num_classes, seed=depth + size + num_classes + channels)
+    reference = randomized_reference(depth, num_classes, seed=depth + size + num_classes + channels, source=source)
     pth, safetensors_file = save_both(reference, folder)
     images = np.random.default_rng(size).random((2, size, size, channels), dtype=np.float32)
     rgb = np.repeat(images, 3 // channels, axis=-1).transpose(0, 3, 1, 2)
@@ -84,11 +99,17 @@ def _relative_error(model, images, expected):
 
 
 def main(argv=None):
-    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", choices=("ours", "torchvision", "timm"), default="ours",
+                        help="the PyTorch network: benchmarks/torch_models.py (default), torchvision's or timm's")
+    args = parser.parse_args(argv)
+    import keras
+
+    print(f"reference: {args.reference}; Keras backend: {keras.backend.backend()}")
     print("| model | input | classes | .pth | .safetensors |\n|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as folder:
         for depth, size, classes, channels in CASES:
-            errors = parity_errors(depth, size, classes, channels, folder)
+            errors = parity_errors(depth, size, classes, channels, folder, args.reference)
             print(f"| resnet{depth} | {size}x{size}x{channels} | {classes} | {errors['pth']:.1e} | "
                   f"{errors['safetensors']:.1e} |", flush=True)
 

@@ -27,6 +27,9 @@ CASES = [
     ("cifar10 crop+flip / cifar_resnet20", "cifar10", {"augment": ["crop", "flip"], "standardize": True}, "cifar_resnet20", {}, 128),
     ("cats_vs_dogs 128 / resnet18", "image_folder",
      {"path": "cats_vs_dogs.tar.gz", "image_size": (128, 128), "augment": ["crop", "flip"]}, "resnet18", {}, 32),
+    ("cats_vs_dogs 128 streamed / resnet18", "image_folder",
+     {"path": "cats_vs_dogs.tar.gz", "image_size": (128, 128), "augment": ["crop", "flip"], "in_memory": False},
+     "resnet18", {}, 32),
 ]
 
 
@@ -66,10 +69,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=os.environ.get("KERAS_RESNET_LAB_DATA"))
     parser.add_argument("--quick", action="store_true", help="few steps: checks that it runs, not the speed")
+    parser.add_argument("--case", help="only the cases whose label contains this text, e.g. streamed")
     args = parser.parse_args(argv)
     steps, windows = (2, 1) if args.quick else (32, 3)
     print(f"{'case':<36} {'pipeline img/s':>15} {'train step img/s':>17} {'ratio':>7}")
-    for label, name, options, model, model_options, batch in CASES[:2] if args.quick else CASES:
+    cases = [case for case in CASES if args.case in case[0]] if args.case else CASES[:2] if args.quick else CASES
+    for label, name, options, model, model_options, batch in cases:
         if name != "digits" and not args.data_dir:
             print(f"{label:<36} skipped: pass --data-dir or set KERAS_RESNET_LAB_DATA")
             continue

@@ -28,7 +28,7 @@ from .training import fitting
 from .training.config import MONITORS, TrainConfig, read_config_file, write_toml
 from .training.recipes import get_recipe
 from .training.replicas import configure_cpu_replicas
-from .training.devices import check_batch_sizes, device_count, distributed
+from .training.devices import PROCESS_ENV, check_batch_sizes, device_count, distributed
 from .training.train import check_config, with_pretrained_inputs
 
 TUNERS = ("hyperband", "random", "bayesian", "grid")
@@ -271,6 +271,10 @@ def tune(model=None, dataset=None, *, config=None, search_space=None, data_dir=N
     one reruns, and the total stays `max_trials`.
     """
     config = _resolve(model, dataset, config, search_space, data_dir, settings)
+    if int(os.environ.get(PROCESS_ENV[1]) or 1) > 1:
+        raise ConfigError(f"{PROCESS_ENV[1]} asks for one model trained by several processes; a search instead runs "
+                          f"its trials side by side: start a chief and workers (--role, --oracle), each trial on "
+                          f"every device of its own machine.")
     address = _oracle_address()
     if address and _is_chief():
         _check_chief_can_listen(*address)

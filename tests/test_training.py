@@ -377,3 +377,13 @@ def test_cpu_replicas_are_refused_where_they_cannot_work(tmp_path):
     model = lab.build_model("mnist_resnet", input_shape=(8, 8, 1))
     with pytest.raises(lab.ConfigError, match="configure_cpu_replicas"):
         lab.train(model, "digits", epochs=1, cpu_replicas=2, run_dir=str(tmp_path / "c"))
+
+
+def test_the_progress_bar_never_counts_past_the_epochs_steps():
+    from keras_resnet_lab.training.callbacks import StepProgbar
+
+    bar = StepProgbar()
+    bar.set_params({"verbose": 2, "epochs": 1, "steps": 41})
+    bar.on_epoch_begin(0)
+    bar.on_train_batch_end(47)  # the end of the third group of 16 steps
+    assert bar.seen == 41

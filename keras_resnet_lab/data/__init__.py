@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import ConfigError, DataError, choices_message
 from .bundle import DatasetBundle, assemble, carve_validation
 from .pipeline import Preprocessing, parse_augment, standardization
+from .streaming import FileImages
 from .user import as_bundle
 from .sources import (
     CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
@@ -28,8 +29,8 @@ def _subset_per_class(x, y, per_class, seed):
     return x[keep], y[keep]
 
 
-def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download):
-    folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file)
+def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, in_memory):
+    folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file, in_memory=in_memory)
     if name in ("mnist", "fashion_mnist"):
         return load_mnist_style(name, data_dir, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES, download)
     if name in ("cifar10", "cifar100"):
@@ -52,7 +53,9 @@ def _resolve_path(path, data_dir):
     return path
 
 
-def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size):
+def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory):
+    if in_memory not in ("auto", True, False):
+        raise ConfigError(f"in_memory must be 'auto', True or False; received {in_memory!r}.")
     if name not in DATASETS:
         raise ConfigError(choices_message("dataset", name, DATASETS))
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -84,6 +87,7 @@ def load_dataset(
     cache_dir=None,
     on_bad_file="warn",
     download=True,
+    in_memory="auto",
 ):
     """Loads a dataset as batched tf.data pipelines with the transforms the seeds need.
 
@@ -110,6 +114,11 @@ def load_dataset(
         cache_dir: where archives are extracted and decoded images cached.
         on_bad_file: "warn" (skip unreadable images, naming them) or "error".
         download: allow tensorflow-datasets to download when no local copy exists.
+        in_memory: for image folders and archives (cats vs dogs, CIFAR as JPEGs): True decodes
+            every image up front (cached by content); False streams them from their files as
+            training reads them, with only the batches in flight in memory; "auto" (default)
+            streams when the decoded images would exceed `$KERAS_RESNET_LAB_MEMORY_BUDGET`
+            (bytes, e.g. 8G; default a quarter of the machine's memory).
 
     Returns:
         A `DatasetBundle`.
@@ -120,9 +129,12 @@ def load_dataset(
         {'train': 54000, 'validation': 6000, 'test': 10000}
     """
     image_size = tuple(image_size) if image_size is not None else None
-    _check_settings(name, batch_size, channels, pad, on_bad_file, image_size)
+    _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory)
     decode_size = image_size if name == "image_folder" or not pad else None
-    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download).check()
+    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, in_memory).check()
+    if in_memory is False and not isinstance(raw.x_train, FileImages):
+        raise ConfigError(f"in_memory=False streams image folders and archives; {name} was read from "
+                          f"{raw.source}, one array file that is loaded whole. Use in_memory='auto' or True.")
     x_train, y_train = raw.x_train, raw.y_train
     if train_subset_per_class:
         x_train, y_train = _subset_per_class(x_train, y_train, train_subset_per_class, seed)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from ..errors import ConfigError, DataError
 from .pipeline import EpochCounter, Preprocessing, make_augmenter, make_dataset
+from .streaming import FileImages, make_streaming_dataset
 
 
 @dataclasses.dataclass
@@ -76,6 +77,9 @@ class DatasetBundle:
         digest = hashlib.sha256()
         for split in sorted(self.arrays):
             for array in self.arrays[split]:
+                if isinstance(array, FileImages):  # streamed from files: keyed on the files, not decoded
+                    digest.update(f"{split}{array.content_key()}".encode())
+                    continue
                 array = np.ascontiguousarray(array)
                 digest.update(f"{split}{array.dtype}{array.shape}".encode())
                 digest.update(memoryview(array).cast("B"))
@@ -103,11 +107,12 @@ def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source,
     """A `DatasetBundle` of batched pipelines over in-memory `arrays` {split: (x, y)}."""
     augmenter = make_augmenter(augment)
     train_epoch = EpochCounter()
-    splits = {
-        split: make_dataset(x, y, prep, batch_size, shuffle_seed=seed, augmenter=augmenter, epoch=train_epoch)
-        if split == "train" else make_dataset(x, y, prep, batch_size)
-        for split, (x, y) in arrays.items()
-    }
+
+    def make(x, y, **shuffled):
+        return (make_streaming_dataset if isinstance(x, FileImages) else make_dataset)(x, y, prep, batch_size, **shuffled)
+
+    splits = {split: make(x, y, shuffle_seed=seed, augmenter=augmenter, epoch=train_epoch) if split == "train"
+              else make(x, y) for split, (x, y) in arrays.items()}
     return DatasetBundle(
         name=name, train=splits["train"], validation=splits.get("validation"), test=splits.get("test"),
         num_classes=len(class_names), class_names=list(class_names),

@@ -175,14 +175,29 @@ def save_npz_atomic(path, **arrays):
         np.savez(tmp, **arrays)
 
 
-def load_split(root, split, *, image_size, mode, class_names, cache_dir, on_bad_file):
-    """Decodes one split of an image folder (or reads its cached decode). Returns x, y, classes."""
+def split_files(root, split, class_names=None):
+    """(split folder, image paths, labels, class names) of one split of an image folder."""
     split_dir = _split_dir(root, split)
     if split_dir is None:
         raise DataError(f"{root} has no `{split}/` folder (looked for {', '.join(SPLIT_ALIASES[split])}).")
     paths, labels, class_names = list_images(split_dir, class_names)
     if not paths:
         raise DataError(f"{split_dir} has class folders but no image files.")
+    return split_dir, paths, labels, class_names
+
+
+def image_size_of(path):
+    """(height, width) of an image file, read from its header."""
+    try:
+        with Image.open(path) as image:
+            return image.size[1], image.size[0]
+    except (OSError, Image.DecompressionBombError) as error:
+        raise DataError(f"Cannot read {path} ({error}); give image_size=(height, width) or remove the file.") from None
+
+
+def load_split(root, split, *, image_size, mode, class_names, cache_dir, on_bad_file):
+    """Decodes one split of an image folder (or reads its cached decode). Returns x, y, classes."""
+    split_dir, paths, labels, class_names = split_files(root, split, class_names)
     cached = _cache_path(cache_dir, root, split, image_size, mode)
     key = content_key(split_dir, paths, on_bad_file)
     if cached.is_file():

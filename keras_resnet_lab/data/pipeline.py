@@ -16,6 +16,7 @@ import tensorflow as tf
 from ..errors import ConfigError, choices_message
 
 AUGMENTATIONS = ("crop", "flip", "affine", "color", "sharpness")
+STATS_SAMPLE = 2000  # images `standardize=True` measures when a split is streamed from files
 
 # torchvision's ImageNet statistics (on images scaled to [0, 1]): the inputs every ImageNet
 # checkpoint of torchvision and timm was trained on, and so the one definition the data
@@ -94,6 +95,8 @@ def standardization(standardize, channels, train_images):
     if standardize is False or standardize is None:
         return None, None
     if standardize is True:
+        if hasattr(train_images, "sample"):  # images streamed from files: measured on a sample
+            train_images = train_images.sample(STATS_SAMPLE)
         return channel_stats(train_images, channels)
     if standardize == "imagenet":
         return imagenet_stats(channels)
@@ -263,6 +266,20 @@ class EpochCounter:
         self.pinned.assign(False)
 
 
+def epoch_orders(count, shuffle_seed, epoch):
+    """A one-element dataset per pass: (the epoch's order of the `count` examples, its seed base).
+
+    Both depend only on (seed, epoch), the epoch read from the `EpochCounter` when the pass starts.
+    """
+    seed = tf.constant(shuffle_seed, tf.int64)
+
+    def order_of(current):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, current]))
+        return order, seed + (current + 1) * 1_000_003
+
+    return tf.data.Dataset.range(1).map(lambda _: order_of(epoch.next_pass()))
+
+
 def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None):
     """A batched, prefetched `tf.data.Dataset` of (float32 image, int label) over uint8 `x`.
 
@@ -284,15 +301,13 @@ def make_dataset(x, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, e
         batches = tf.data.Dataset.range(count).batch(batch_size).map(load_batch, num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
     epoch = EpochCounter() if epoch is None else epoch
-    seed = tf.constant(shuffle_seed, tf.int64)
 
-    def epoch_batches(current):
-        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=tf.stack([seed, current]))
+    def epoch_batches(order, batch_seed):
         # One stateless seed pair per batch of the epoch: augmentations depend on (seed, epoch, batch).
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate().map(
-            lambda number, index: (index, tf.stack([seed + (current + 1) * 1_000_003, number])))
+            lambda number, index: (index, tf.stack([batch_seed, number])))
 
-    batches = tf.data.Dataset.range(1).map(lambda _: epoch.next_pass()).flat_map(epoch_batches)
+    batches = epoch_orders(count, shuffle_seed, epoch).flat_map(epoch_batches)
     batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))  # Keras counts steps
     load = load_augmented_batch if augmenter else lambda index, _: load_batch(index)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)

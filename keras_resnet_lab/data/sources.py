@@ -24,7 +24,7 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 from .archives import check_archive_type, default_cache_dir, extract_archive, is_archive
-from .images import find_split_root, load_split
+from .images import image_size_of, split_files, find_split_root, load_split
 
 DATA_ENV = "KERAS_RESNET_LAB_DATA"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -249,8 +249,13 @@ def load_cifar(dataset, data_dir, download, image_folder_options):
 
 # ---------------------------------------------------------------- image folders and archives
 
-def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="warn", mode="RGB"):
-    """Reads `<split>/<class>/<image>` files from a folder or a .tar/.tar.gz/.zip archive of one."""
+def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="warn", mode="RGB", in_memory="auto"):
+    """Reads `<split>/<class>/<image>` files from a folder or a .tar/.tar.gz/.zip archive of one.
+
+    `in_memory`: True decodes every image up front (cached by content); False streams them from
+    their files as training reads them (`streaming.FileImages`); "auto" decodes up front when the
+    decoded pixels fit the memory budget (`streaming.memory_budget`), else streams.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"Image folder {path} does not exist; pass path= a folder or archive of <split>/<class>/<image> files.")
@@ -258,10 +263,28 @@ def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="war
     cache_dir = Path(cache_dir or default_cache_dir())
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
     root = find_split_root(folder)
+    if in_memory is not True:
+        streamed = _streamed(root, image_size, mode, in_memory, str(path))
+        if streamed is not None:
+            return streamed
     options = dict(image_size=image_size, mode=mode, cache_dir=cache_dir, on_bad_file=on_bad_file)
     x_train, y_train, class_names = load_split(root, "train", class_names=None, **options)
     x_test, y_test, _ = load_split(root, "test", class_names=class_names, **options)
     return RawData(x_train, y_train, x_test, y_test, class_names, str(path))
+
+
+def _streamed(root, image_size, mode, in_memory, source):
+    """The folder as `FileImages` splits, unless "auto" finds its decoded pixels fit in memory."""
+    from .streaming import FileImages, memory_budget
+
+    _, train_paths, y_train, class_names = split_files(root, "train")
+    _, test_paths, y_test, _ = split_files(root, "test", class_names)
+    size = tuple(image_size) if image_size else image_size_of(train_paths[0])
+    channels = 1 if mode == "L" else 3
+    if in_memory == "auto" and (len(train_paths) + len(test_paths)) * size[0] * size[1] * channels <= memory_budget():
+        return None
+    return RawData(FileImages(train_paths, size, channels), y_train, FileImages(test_paths, size, channels), y_test,
+                   class_names, source)
 
 
 # ---------------------------------------------------------------- scikit-learn digits

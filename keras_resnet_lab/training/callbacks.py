@@ -162,3 +162,16 @@ class PinnedEpochs(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.counter.release(self.epoch + 1)
+
+
+class StepProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, never past the epoch's step count.
+
+    With several steps per call Keras reports the end of each group of steps, so the last group
+    of an epoch of 41 steps showed 48/41; the count is clamped to the epoch's steps.
+    """
+
+    def _update_progbar(self, batch, logs=None):
+        if self.target is not None:
+            batch = min(batch, self.target - 1)
+        super()._update_progbar(batch, logs)

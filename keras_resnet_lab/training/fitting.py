@@ -14,7 +14,7 @@ import keras
 
 from ..errors import ConfigError
 from ..models import build_model, freeze
-from .callbacks import LearningRateLogger, PinnedEpochs, ResumablePlateau
+from .callbacks import LearningRateLogger, PinnedEpochs, ResumablePlateau, StepProgbar
 from .compiling import compile_model, dtype_policy
 from .devices import even_batches
 from .replicas import split_batches
@@ -89,6 +89,8 @@ def fit(model, config, data, *, callbacks=(), initial_epoch=0, epochs=None, step
     monitor = monitor_for(config, has_validation)
     own = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []
     own.append(LearningRateLogger())
+    if verbose == 1:
+        own.append(StepProgbar())
     plateau = None
     if config.schedule == "plateau":
         mode = "min" if "loss" in monitor else "max"

@@ -18,7 +18,7 @@ METRIC_ROWS = (
     ("macro recall", "recall_macro", "{:.4f}"), ("macro F1", "f1_macro", "{:.4f}"),
     ("epochs trained", "epochs_trained", "{}"), ("best epoch (validation)", "best_epoch", "{}"),
     ("seconds per epoch", "seconds_per_epoch", "{:.2f}"),
-    ("trainable parameters", "trainable_parameters", "{:,}"), ("FLOPs per image", "flops_per_image", "{:,}"),
+    ("trainable parameters", "trainable_parameters", "{:,}"), ("FLOPs per image (2 per multiply-add)", "flops_per_image", "{:,}"),
 )
 
 
@@ -118,7 +118,7 @@ def write_comparison_report(folder, results, names):
     """One row per model (parameters, FLOPs, accuracy, F1, seconds per epoch), curves, and
     each run's confusion matrix and activation grids."""
     folder = Path(folder)
-    header = ("run", "model", "trainable parameters", "FLOPs per image", "epochs", "seconds per epoch",
+    header = ("run", "model", "trainable parameters", "FLOPs per image (2 per multiply-add)", "epochs", "seconds per epoch",
               "test accuracy", "macro F1")
     rows = []
     for name, result in zip(names, results):

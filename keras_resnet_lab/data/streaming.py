@@ -1,0 +1,119 @@
+"""Image folders larger than memory: read from their files as training goes, not decoded up front.
+
+`FileImages` stands where a split's uint8 array would stand (it has the array's `shape`, `dtype`
+and `len`, and indexing picks files), so splitting, subsets and the data checks treat both alike.
+Its pipeline lists the files, shuffles their *indices* for each epoch (a full permutation by
+(seed, epoch), as the in-memory pipeline does, with no buffer of images), then reads, decodes
+and resizes them in parallel, batches, augments and standardizes. Only the batches in flight are
+in memory, whatever the folder's size.
+"""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from ..errors import ConfigError
+from .pipeline import PIPELINE_OPTIONS, EpochCounter, epoch_orders, standardize, to_model_size
+
+MEMORY_ENV = "KERAS_RESNET_LAB_MEMORY_BUDGET"  # bytes of decoded images `in_memory="auto"` holds in memory
+DEFAULT_BUDGET_FRACTION = 0.25  # of the machine's memory
+
+
+class FileImages:
+    """The images of one split as files: decoded to uint8 (height, width, channels) when read."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, paths, image_size, channels):
+        self.paths = np.asarray([str(p) for p in paths])
+        self.image_size = tuple(int(s) for s in image_size)
+        self.channels = int(channels)
+
+    @property
+    def shape(self):
+        return (len(self.paths), *self.image_size, self.channels)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            return self.decode_files(self.paths[index:index + 1 or None])[0]
+        return FileImages(self.paths[index], self.image_size, self.channels)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.decode_files(self.paths).astype(dtype or np.uint8)
+
+    def sample(self, count, seed=0):
+        """Up to `count` decoded images chosen at random: statistics without reading everything."""
+        chosen = np.random.default_rng(seed).permutation(len(self))[:count]
+        return self.decode_files(self.paths[np.sort(chosen)])
+
+    def decode(self, path):
+        """In the dataset graph: one file -> uint8 (height, width, channels) at `image_size`."""
+        image = tf.io.decode_image(tf.io.read_file(path), channels=self.channels, expand_animations=False,
+                                   dtype=tf.uint8)
+        image = tf.image.resize(image, self.image_size, antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    def decode_files(self, paths):
+        if not len(paths):
+            return np.zeros((0, *self.image_size, self.channels), np.uint8)
+        return np.stack([self.decode(tf.constant(path)).numpy() for path in paths])
+
+    def content_key(self):
+        """Every file's path, size and modification time: what the run identity keys on."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.image_size}{self.channels}".encode())
+        for path in self.paths:
+            stat = os.stat(path)
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return "files:" + digest.hexdigest()
+
+
+def memory_budget():
+    """Bytes of decoded images a dataset may hold in memory: `$KERAS_RESNET_LAB_MEMORY_BUDGET`, else a
+    quarter of the machine's memory."""
+    text = os.environ.get(MEMORY_ENV)
+    if text:
+        units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+        try:
+            value = float(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else float(text)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise ConfigError(f"{MEMORY_ENV} must be a number of bytes such as 2G or 500M; received {text!r}.")
+        return int(value)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_BUDGET_FRACTION)
+
+
+def make_streaming_dataset(files, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None):
+    """The batched pipeline over `files` (a `FileImages`): what `make_dataset` is for arrays."""
+    paths, labels, count = tf.constant(files.paths), tf.constant(y, tf.int32), len(files)
+
+    def read(index):
+        return files.decode(tf.gather(paths, index)), tf.gather(labels, index)
+
+    def finish(images, labels_, seed=None):
+        x = to_model_size(images, prep)
+        return standardize(augmenter(x, seed) if augmenter else x, prep), labels_
+
+    def read_all(order):
+        return tf.data.Dataset.from_tensor_slices(order).map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                                                              deterministic=True).batch(batch_size)
+
+    if shuffle_seed is None:
+        batches = read_all(tf.range(count, dtype=tf.int64)).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
+    epoch = EpochCounter() if epoch is None else epoch
+
+    def epoch_batches(order, batch_seed):
+        return read_all(order).enumerate().map(lambda number, batch: (*batch, tf.stack([batch_seed, number])))
+
+    batches = epoch_orders(count, shuffle_seed, epoch).flat_map(epoch_batches)
+    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
+    return batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(
+        PIPELINE_OPTIONS)

@@ -1,0 +1,111 @@
+"""Image folders larger than memory: streamed from their files, same batches, bounded memory."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_resnet_lab as lab
+from keras_resnet_lab import ConfigError
+from keras_resnet_lab.data.streaming import FileImages, memory_budget
+
+
+def make_folder(root, per_class, size, suffix="png"):
+    """Smooth two-class images (they compress well), `per_class` train and a tenth as many test."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", max(per_class // 10, 2))):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                pixels = 127 + 120 * np.sin(xx / (5 + 5 * label) + yy / 13 + rng.random() * 6)
+                Image.fromarray(pixels.astype("uint8")).convert("RGB").save(folder / f"{index}.{suffix}")
+    return root
+
+
+def test_streamed_batches_equal_the_in_memory_ones(tmp_path):
+    folder = make_folder(tmp_path / "images", 24, 16)
+    options = dict(path=folder, batch_size=8, validation_split=0.25, augment=["crop", "flip"], seed=3,
+                   cache_dir=tmp_path / "cache")
+    decoded, streamed = (lab.load_dataset("image_folder", in_memory=mode, **options) for mode in (True, False))
+    assert isinstance(streamed.arrays["train"][0], FileImages) and isinstance(decoded.arrays["train"][0], np.ndarray)
+    assert streamed.num_examples == decoded.num_examples == {"train": 36, "validation": 12, "test": 4}
+    for split in ("train", "validation", "test"):
+        for epoch in range(2):  # each epoch its own order and augmentations, the same in both
+            for (x1, y1), (x2, y2) in zip(getattr(decoded, split), getattr(streamed, split)):
+                np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+                np.testing.assert_allclose(x1.numpy(), x2.numpy(), atol=1e-6)
+
+
+def test_auto_streams_only_what_exceeds_the_memory_budget(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "images", 10, 16)  # 22 decoded 16x16x3 images: 16,896 bytes
+    monkeypatch.setenv("KERAS_RESNET_LAB_MEMORY_BUDGET", "16k")
+    assert memory_budget() == 16384
+    streamed = lab.load_dataset("image_folder", path=folder, cache_dir=tmp_path / "cache")
+    monkeypatch.setenv("KERAS_RESNET_LAB_MEMORY_BUDGET", "1M")
+    decoded = lab.load_dataset("image_folder", path=folder, cache_dir=tmp_path / "cache")
+    assert isinstance(streamed.arrays["train"][0], FileImages)
+    assert isinstance(decoded.arrays["train"][0], np.ndarray)
+
+
+def test_bad_settings_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="in_memory must be 'auto', True or False"):
+        lab.load_dataset("digits", in_memory="no")
+    with pytest.raises(ConfigError, match="in_memory=False streams image folders.*one array file"):
+        lab.load_dataset("digits", in_memory=False)
+    monkeypatch.setenv("KERAS_RESNET_LAB_MEMORY_BUDGET", "lots")
+    with pytest.raises(ConfigError, match="KERAS_RESNET_LAB_MEMORY_BUDGET must be a number of bytes"):
+        memory_budget()
+
+
+def test_training_reports_and_export_run_on_streamed_data(tmp_path):
+    folder = make_folder(tmp_path / "images", 16, 16)
+    result = lab.train("lenet5", "image_folder", dataset_options={"path": str(folder), "in_memory": False},
+                       epochs=1, batch_size=8, validation_split=0.25, run_dir=str(tmp_path / "run"), verbose="quiet")
+    assert (tmp_path / "run" / "plots" / "mistakes.png").is_file()
+    exported = lab.load_exported(lab.export(result.run_dir, tmp_path / "export"))
+    image = np.asarray(Image.open(next((folder / "test" / "class0").iterdir())))
+    probabilities, _ = exported.predict(image[None])
+    assert probabilities.shape == (1, 2)
+
+
+RSS = textwrap.dedent("""
+    import json, os, sys
+    os.environ["KERAS_RESNET_LAB_MEMORY_BUDGET"] = "16M"
+    import keras_resnet_lab as lab
+
+    def status_mb(field):
+        return next(int(line.split()[1]) / 1024 for line in open("/proc/self/status") if line.startswith(field))
+
+    data = lab.load_dataset("image_folder", path=sys.argv[1], batch_size=64, augment=["flip"], cache_dir=sys.argv[2])
+    batches = iter(data.train)
+    next(batches)  # TensorFlow started, the pipeline built
+    base = status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the peak (VmHWM) counts from here
+    for _ in batches:
+        pass
+    for _ in data.train:  # a second epoch
+        pass
+    peak = status_mb("VmHWM")
+    x = data.arrays["train"][0]
+    print(json.dumps({"streamed": type(x).__name__, "decoded_mb": len(x) * 64 * 64 * 3 / 2**20, "base_mb": base, "peak_mb": peak,
+                      "growth_mb": peak - base}))
+""")
+
+
+def test_peak_memory_does_not_grow_with_a_streamed_folder(tmp_path):
+    folder = make_folder(tmp_path / "images", 3000, 64, suffix="jpg")  # 6,000 train images: 70 MB decoded
+    done = subprocess.run([sys.executable, "-c", RSS, str(folder), str(tmp_path / "cache")], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["streamed"] == "FileImages" and result["decoded_mb"] > 4 * 16  # several times the budget
+    assert result["growth_mb"] < result["decoded_mb"] / 3
