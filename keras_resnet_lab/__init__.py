@@ -32,7 +32,7 @@ __version__ = "0.2.0"
 # name -> module that defines it, imported on first access.
 _LAZY = {
     "build_model": ".models", "freeze": ".models", "list_models": ".models", "parameter_counts": ".models",
-    "print_parameter_summary": ".models", "portable_copy": ".models",
+    "print_parameter_summary": ".models", "portable_copy": ".models", "save_torchvision_weights": ".models",
     "DatasetBundle": ".data", "load_dataset": ".data",
     "train": ".training.train", "TrainResult": ".training.train",
     "compare": ".training.compare", "configs_for": ".training.compare",

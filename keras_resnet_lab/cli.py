@@ -9,13 +9,25 @@ import tomllib
 
 from .errors import ConfigError
 
-# Flags of `train` and `compare` that map one to one onto TrainConfig fields.
+# Flags of `train` and `compare` that map one to one onto TrainConfig fields: (type, help).
 CONFIG_FLAGS = {
-    "--epochs": int, "--batch-size": int, "--optimizer": str, "--learning-rate": float,
-    "--schedule": str, "--weight-decay": float, "--clipnorm": float, "--label-smoothing": float,
-    "--validation-split": float, "--early-stopping-patience": int, "--seed": int,
-    "--steps-per-execution": int, "--run-dir": str, "--data-dir": str, "--weights": str, "--trainable-last": int,
-    "--devices": int,
+    "--epochs": (int, "epochs to train"),
+    "--batch-size": (int, "examples per batch (with several devices: all of them together)"),
+    "--optimizer": (str, "sgd, adam, adamw or rmsprop"),
+    "--learning-rate": (float, "the peak learning rate"),
+    "--schedule": (str, "constant, step, cosine, onecycle or plateau"),
+    "--weight-decay": (float, "decoupled weight decay (not on biases and batch norm)"),
+    "--clipnorm": (float, "clip each gradient's norm to this"),
+    "--label-smoothing": (float, "label smoothing, e.g. 0.1"),
+    "--validation-split": (float, "fraction of train held out to pick the best epoch"),
+    "--early-stopping-patience": (int, "stop after this many epochs without improvement"),
+    "--seed": (int, "the random seed (data order, augmentation, initialization)"),
+    "--steps-per-execution": (int, "training steps per call (unset: chosen per model)"),
+    "--run-dir": (str, "the run folder (unset: runs/<recipe> or runs/<model>-<dataset>-<hash>)"),
+    "--data-dir": (str, "folder of the dataset files (default $KERAS_RESNET_LAB_DATA)"),
+    "--weights": (str, "'imagenet' or a .pth/.safetensors checkpoint (resnet18-152)"),
+    "--trainable-last": (int, "train only the last N units (blocks, stem, head)"),
+    "--devices": (int, "local GPUs or CPU devices to train on (unset: all)"),
 }
 
 
@@ -63,8 +75,14 @@ def _merge(config, overrides):
 
 
 def _add_config_flags(parser):
-    for flag, kind in CONFIG_FLAGS.items():
-        parser.add_argument(flag, type=kind)
+    from .training.config import TrainConfig
+
+    defaults = TrainConfig()
+    settings = parser.add_argument_group("training settings (unset: the recipe's or config file's, else the default shown)")
+    for flag, (kind, text) in CONFIG_FLAGS.items():
+        default = getattr(defaults, flag[2:].replace("-", "_"))
+        settings.add_argument(flag, type=kind, metavar=kind.__name__.upper(),
+                              help=f"{text} (default: {default})" if default is not None else text)
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="any TrainConfig field, e.g. --set model_options.stem='\"small\"' --set phases=...")
     parser.add_argument("--overwrite", action="store_true", help="retrain even if the run folder holds a run")
@@ -91,7 +109,8 @@ def cmd_recipes(args):
 
     for name in sorted(RECIPES):
         recipe = RECIPES[name]
-        print(f"{name}\n    seed {recipe.seed}: {recipe.description}\n    seed reported: {recipe.reported}"
+        origin = f"report {recipe.seed}" if recipe.seed.isdigit() else recipe.seed
+        print(f"{name}\n    {origin}: {recipe.description}\n    the report's figure: {recipe.reported}"
               f"\n    ours: {recipe.measured}")
 
 
