@@ -175,9 +175,12 @@ def test_a_killed_process_stops_the_other_and_both_resume(tmp_path):
             break
         time.sleep(0.5)
     started[1].kill()
-    assert started[0].wait(timeout=120) == 1
+    # Inside a collective it notices at once (our message, exit 1); elsewhere JAX's heartbeat check ends it
+    # after $KERAS_RESNET_LAB_HEARTBEAT_S with its own message (SIGABRT).
+    assert started[0].wait(timeout=120) != 0
     log = (tmp_path / "run-0.log").read_text()
-    assert "another process of this run is gone" in log and "Start every process again" in log
+    ours = "another process of this run is gone" in log and "Start every process again" in log
+    assert ours or "This most likely indicates that another task died" in log
     assert _finish(_start(run, processes=2, devices=2, epochs=60, tmp_path=tmp_path, port=_free_port())) == [0, 0]
     assert "Resuming" in (tmp_path / "run-0.log").read_text()
     assert json.loads((run / "state.json").read_text())["epochs_done"] == 60
