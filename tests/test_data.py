@@ -337,7 +337,7 @@ def test_interrupted_extraction_leaves_no_trusted_cache(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tarfile.TarFile, "extractall", crash)
+    monkeypatch.setattr(tarfile.TarFile, "extract", crash)
     with pytest.raises(KeyboardInterrupt):
         extract_archive(archive, tmp_path / "cache")
     assert not list((tmp_path / "cache" / "extracted").iterdir())

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import zipfile
 import zlib
@@ -125,6 +126,24 @@ def _check_size(archive, sizes, limits):
                         "max_bytes=500e9,max_ratio=1000,max_members=20e6.")
 
 
+PROGRESS_THRESHOLD = 5000  # members: smaller archives extract in a moment, silently
+
+
+def _with_progress(members, archive):
+    """`members`, with a progress bar while a large archive is extracted (once; then cached)."""
+    if len(members) < PROGRESS_THRESHOLD:
+        yield from members
+        return
+    from keras.utils import Progbar
+
+    print(f"Extracting {len(members):,} files from {archive.name} (once; then cached)", flush=True)
+    progress = Progbar(len(members), unit_name="file", verbose=1 if sys.stdout.isatty() else 2)
+    for done, member in enumerate(members, start=1):
+        yield member
+        if done % 1000 == 0 or done == len(members):
+            progress.update(done)
+
+
 def _extract_into(archive, target, limits):
     try:
         if archive.name.lower().endswith(".zip"):
@@ -133,7 +152,8 @@ def _extract_into(archive, target, limits):
                 for info in members:
                     _check_zip_member(archive, info)
                 _check_size(archive, [info.file_size for info in members], limits)
-                zf.extractall(target, members=members)
+                for info in _with_progress(members, archive):
+                    zf.extract(info, target)
         else:
             with tarfile.open(archive) as tf:
                 members = [member for member in tf.getmembers() if not _skipped(member.name)]
@@ -141,7 +161,8 @@ def _extract_into(archive, target, limits):
                     _check_tar_member(archive, member)
                 _check_size(archive, [member.size for member in members], limits)
                 # The "data" filter repeats our checks inside the standard library.
-                tf.extractall(target, members=members, filter="data")
+                for member in _with_progress(members, archive):
+                    tf.extract(member, target, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataError(f"Cannot read archive {archive}: {error}. Is the file complete?") from None
 
