@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .files import atomic_path
 
@@ -18,14 +19,25 @@ def save_figure(figure, path):
     return path
 
 
-def plot_curves(histories, path, title=None):
+SPREAD_FOR_LOG_SCALE = 20  # a loss whose largest value is this many times its smallest is drawn on a log scale
+
+
+def plot_curves(histories, path, title=None, best_epochs=None):
     """Loss and accuracy against epoch, train (solid) and validation (dashed), one colour per run.
 
     `histories` maps a label to a history as Keras' `History.history` holds it (a dict of lists,
-    as in `TrainResult.history`).
+    as in `TrainResult.history`); `best_epochs` maps a label to the (1-based) epoch whose weights
+    the run kept, drawn as a dotted line.
     """
+    return save_figure(curves_figure(histories, title, best_epochs), path)
+
+
+def curves_figure(histories, title=None, best_epochs=None):
+    """The `plot_curves` figure. One spike (a diverging epoch) does not flatten the rest: a loss
+    spanning more than `SPREAD_FOR_LOG_SCALE` times is drawn on a log scale."""
     figure = Figure(figsize=(11, 4))
     axes = figure.subplots(1, 2)
+    losses = []
     for index, (label, history) in enumerate(histories.items()):
         color = f"C{index}"
         epochs = np.arange(1, len(history.get("loss", [])) + 1)
@@ -35,22 +47,36 @@ def plot_curves(histories, path, title=None):
             if f"val_{metric}" in history:
                 axis.plot(epochs, np.asarray(history[f"val_{metric}"], float), "--", color=color,
                           label=f"{label} validation")
+        losses += [v for key in ("loss", "val_loss") for v in history.get(key, []) if v is not None]
+        best = (best_epochs or {}).get(label)
+        if best:
+            for axis in axes:
+                axis.axvline(best, color=color, linestyle=":", linewidth=1, label=f"{label} best epoch ({best})")
+    finite = np.asarray([v for v in losses if np.isfinite(v) and v > 0], float)
+    if finite.size and finite.max() > SPREAD_FOR_LOG_SCALE * finite.min():
+        axes[0].set_yscale("log")
     for axis, metric in zip(axes, ("loss", "accuracy")):
         axis.set_xlabel("epoch")
-        axis.set_ylabel(metric)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_ylabel(metric + (" (log scale)" if axis.get_yscale() == "log" else ""))
         axis.grid(alpha=0.3)
         axis.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    return save_figure(figure, path)
+    return figure
 
 
 def plot_confusion_matrix(matrix, class_names, path, title="Confusion matrix (test)"):
+    """Rows normalized by each true class (the colour is that class's recall, with a colour bar);
+    each cell shows its count and its share of the row."""
     matrix = np.asarray(matrix)
-    size = max(4.0, 0.45 * len(class_names) + 2)
-    figure = Figure(figsize=(size, size))
+    rows = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    size = max(4.5, 0.5 * len(class_names) + 2.5)
+    figure = Figure(figsize=(size + 1, size))
     axis = figure.subplots()
-    axis.imshow(matrix, cmap="Blues")
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="share of the true class")
     ticks = np.arange(len(class_names))
     axis.set_xticks(ticks, class_names, rotation=45, ha="right")
     axis.set_yticks(ticks, class_names)
@@ -58,10 +84,10 @@ def plot_confusion_matrix(matrix, class_names, path, title="Confusion matrix (te
     axis.set_ylabel("true")
     axis.set_title(title)
     if len(class_names) <= 20:
-        threshold = matrix.max() / 2 if matrix.size else 0
         for (i, j), value in np.ndenumerate(matrix):
-            axis.text(j, i, str(value), ha="center", va="center", fontsize=7,
-                      color="white" if value > threshold else "black")
+            if value or i == j:
+                axis.text(j, i, f"{value}\n{shares[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                          color="white" if shares[i, j] > 0.5 else "black")
     return save_figure(figure, path)
 
 

@@ -75,3 +75,17 @@ def test_importing_the_package_leaves_the_matplotlib_backend_alone():
             "print(matplotlib.get_backend())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "svg", done.stderr[-1000:]
+
+
+def test_curves_mark_the_best_epoch_and_a_spike_does_not_flatten_the_loss():
+    from keras_resnet_lab.plots import curves_figure
+
+    history = {"loss": [2.0, 1.0, 0.5, 90.0, 0.4], "val_loss": [2.1, 1.2, 0.6, 80.0, 0.7],
+               "accuracy": [0.3, 0.6, 0.8, 0.1, 0.85], "val_accuracy": [0.3, 0.5, 0.8, 0.1, 0.7]}
+    figure = curves_figure({"run": history}, best_epochs={"run": 3})
+    loss_axis, accuracy_axis = figure.axes[:2]
+    assert loss_axis.get_yscale() == "log"
+    marks = [line for line in accuracy_axis.lines if list(line.get_xdata()) == [3, 3]]
+    assert len(marks) == 1 and "best epoch (3)" in marks[0].get_label()
+    calm = curves_figure({"run": {"loss": [2.0, 1.0, 0.5]}})
+    assert calm.axes[0].get_yscale() == "linear"

@@ -71,6 +71,6 @@ def compare(configs, run_dir="runs/compare", **settings):
         results.append(result)
     write_text_atomic(run_dir / "comparison.md", format_table(rows) + "\n")
     plot_curves({row["run"]: r.history for row, r in zip(rows, results)}, run_dir / "comparison_curves.png",
-                title="Model comparison")
+                title="Model comparison", best_epochs={row["run"]: r.metrics.get("best_epoch") for row, r in zip(rows, results)})
     write_comparison_report(run_dir, results, [row["run"] for row in rows])
     return CompareResult(results, rows, run_dir)

@@ -83,7 +83,8 @@ def draw_run_plots(folder, result, bundle, predictions):
     """Curves, the confusion matrix, test samples, the worst errors and activation grids."""
     plots = folder / PLOTS
     config = result.config
-    plot_curves({config.model: result.history}, plots / "curves.png", title=f"{config.model} on {config.dataset}")
+    plot_curves({config.model: result.history}, plots / "curves.png", title=f"{config.model} on {config.dataset}",
+                best_epochs={config.model: result.metrics.get("best_epoch")})
     plot_confusion_matrix(result.metrics["confusion_matrix"], bundle.class_names, plots / "confusion_matrix.png",
                           title=f"Confusion matrix ({result.metrics['split']})")
     y_true, y_pred, probabilities = predictions
