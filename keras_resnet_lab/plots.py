@@ -60,7 +60,8 @@ def curves_figure(histories, title=None, best_epochs=None):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(metric + (" (log scale)" if axis.get_yscale() == "log" else ""))
         axis.grid(alpha=0.3)
-        axis.legend(fontsize="small")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize="small")
     if title:
         figure.suptitle(title)
     return figure
@@ -184,20 +185,41 @@ def plot_activations(model, image, layers=None, path=None, max_maps=16, per="sta
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     paths = []
     for name, output in zip(layers, outputs):
-        maps = keras.ops.convert_to_numpy(output)[0]
-        count = min(maps.shape[-1], max_maps)
-        columns = min(count, 8)
-        rows = int(np.ceil(count / columns)) + 1
-        figure = Figure(figsize=(1.4 * columns, 1.5 * rows))
-        axes = np.atleast_2d(figure.subplots(rows, columns))
-        for axis in axes.ravel():
-            axis.axis("off")
-        axes[0, 0].imshow(_image_for_display(image), cmap="gray")
-        axes[0, 0].set_title("input", fontsize=8)
-        for index in range(count):
-            axis = axes[1 + index // columns, index % columns]
-            axis.imshow(maps[..., index], cmap="viridis")
-            axis.set_title(f"#{index}", fontsize=7)
-        figure.suptitle(f"{name}: {maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]} (first {count} maps)")
+        figure = activation_figure(name, keras.ops.convert_to_numpy(output)[0], image, max_maps)
         paths.append(save_figure(figure, Path(path or ".") / f"activations_{name}.png"))
     return paths
+
+
+def activation_figure(name, maps, image, max_maps=16):
+    """One layer's feature maps (H, W, C) beside the input: a grid on one colour scale, or, for 1x1
+    maps (one value per channel, which a grid would show as identical squares), a bar chart."""
+    if maps.shape[0] * maps.shape[1] == 1:
+        values = maps[0, 0, :64]
+        figure = Figure(figsize=(9, 2.6))
+        input_axis, bars = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1, 5]})
+        input_axis.imshow(_image_for_display(image), cmap="gray")
+        input_axis.set_title("input", fontsize=8)
+        input_axis.axis("off")
+        bars.bar(np.arange(len(values)), values, color="C0")
+        bars.set_xlabel("channel")
+        bars.set_ylabel("activation")
+        figure.suptitle(f"{name}: 1x1x{maps.shape[2]}, one value per channel (first {len(values)})")
+        return figure
+    count = min(maps.shape[-1], max_maps)
+    shown = maps[..., :count]
+    low, high = float(shown.min()), float(shown.max())
+    columns = min(count, 8)
+    rows = int(np.ceil(count / columns)) + 1
+    figure = Figure(figsize=(1.4 * columns + 0.8, 1.5 * rows))
+    axes = np.atleast_2d(figure.subplots(rows, columns))
+    for axis in axes.ravel():
+        axis.axis("off")
+    axes[0, 0].imshow(_image_for_display(image), cmap="gray")
+    axes[0, 0].set_title("input", fontsize=8)
+    for index in range(count):
+        axis = axes[1 + index // columns, index % columns]
+        mapped = axis.imshow(shown[..., index], cmap="viridis", vmin=low, vmax=high)
+        axis.set_title(f"#{index}", fontsize=7)
+    figure.colorbar(mapped, ax=axes[1:].ravel().tolist(), fraction=0.03, pad=0.02, label="activation (one scale)")
+    figure.suptitle(f"{name}: {maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]} (first {count} maps)")
+    return figure

@@ -89,3 +89,14 @@ def test_curves_mark_the_best_epoch_and_a_spike_does_not_flatten_the_loss():
     assert len(marks) == 1 and "best epoch (3)" in marks[0].get_label()
     calm = curves_figure({"run": {"loss": [2.0, 1.0, 0.5]}})
     assert calm.axes[0].get_yscale() == "linear"
+
+
+def test_activation_grids_share_one_colour_scale_and_1x1_maps_are_bars():
+    from keras_resnet_lab.plots import activation_figure
+
+    rng = np.random.default_rng(0)
+    grid = activation_figure("stage1_block2_out", rng.normal(size=(8, 8, 20)) * np.arange(20), np.zeros((8, 8, 1)))
+    limits = {image.get_clim() for axis in grid.axes for image in axis.images[:1] if axis.get_title() != "input"}
+    assert len(limits) == 1  # every map on the same scale, so maps compare
+    bars = activation_figure("stage4_block2_out", rng.normal(size=(1, 1, 512)), np.zeros((8, 8, 1)))
+    assert len(bars.axes[1].patches) == 64 and "one value per channel" in bars.texts[0].get_text()
