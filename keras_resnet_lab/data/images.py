@@ -163,10 +163,17 @@ def _cache_path(cache_dir, root, split, image_size, mode):
 def content_key(split_dir, paths, on_bad_file):
     """What a decoded split depends on: every file's relative path (hence class), size and
     modification time, and the bad-file policy it was decoded under."""
-    digest = hashlib.sha256(f"on_bad_file={on_bad_file}".encode())
-    for path in paths:
+    return files_key(paths, f"on_bad_file={on_bad_file}", root=split_dir)
+
+
+def files_key(paths, salt, root=None):
+    """A SHA-256 of `salt` and every file's path (relative to `root`, if given), size and modification
+    time: it changes when any file is moved, replaced or added, without reading their bytes."""
+    digest = hashlib.sha256(salt.encode())
+    for path in map(Path, paths):
         info = path.stat()
-        digest.update(f"|{path.relative_to(split_dir).as_posix()}|{info.st_size}|{info.st_mtime_ns}".encode())
+        name = path.relative_to(root).as_posix() if root is not None else path.as_posix()
+        digest.update(f"|{name}|{info.st_size}|{info.st_mtime_ns}".encode())
     return digest.hexdigest()
 
 

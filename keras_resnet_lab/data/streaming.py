@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..errors import ConfigError
+from .images import files_key
 from .pipeline import PIPELINE_OPTIONS, EpochCounter, epoch_orders, standardize, to_model_size
 
 MEMORY_ENV = "KERAS_RESNET_LAB_MEMORY_BUDGET"  # bytes of decoded images `in_memory="auto"` holds in memory
@@ -65,13 +66,7 @@ class FileImages:
 
     def content_key(self):
         """Every file's path, size and modification time: what the run identity keys on."""
-        import hashlib
-
-        digest = hashlib.sha256(f"{self.image_size}{self.channels}".encode())
-        for path in self.paths:
-            stat = os.stat(path)
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return "files:" + digest.hexdigest()
+        return "files:" + files_key(self.paths, f"{self.image_size}{self.channels}")
 
 
 def memory_budget():

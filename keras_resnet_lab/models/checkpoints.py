@@ -8,6 +8,7 @@
 """
 
 import collections
+import functools
 import importlib
 import importlib.util
 import os
@@ -228,8 +229,21 @@ def _keras_cache():
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
 
 
+def checkpoint_sha256(path):
+    """A checkpoint file's SHA-256, computed once per process for each (path, size, mtime): a run
+    checks its weights before the data loads, builds its model from them, and a search builds one
+    model per trial."""
+    info = Path(path).stat()
+    return _sha256_once(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_once(path, size, mtime_ns):
+    return sha256_file(path)
+
+
 def _verified(path, digest, *, downloaded):
-    actual = sha256_file(path)
+    actual = checkpoint_sha256(path)
     if actual.startswith(digest):
         return path
     if downloaded:  # our own download: remove it so that the next call fetches it again
