@@ -204,6 +204,18 @@ def cmd_demo(args):
         _export(best.run_dir)
 
 
+def cmd_reproduce(args):
+    from .training.reproduce import plan, reproduce
+
+    if args.list:
+        for run in plan(args.only, args.seeds, args.long_seeds, args.run_dir):
+            print(f"{run.recipe} seed {run.seed} -> {run.folder}")
+        return
+    report = reproduce(args.only, args.seeds, args.long_seeds, args.run_dir, args.data_dir, args.quiet,
+                       train=not args.report_only)
+    print(f"Report: {report} (and {report.with_suffix('.html')})")
+
+
 def cmd_export(args):
     from .export import export
 
@@ -341,6 +353,26 @@ def build_parser():
     demo = sub.add_parser("demo", help="the main job: baseline CNN vs residual nets on the 8x8 digits")
     _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
+    reproduce = sub.add_parser(
+        "reproduce", help="run the seed reports' experiments on several random seeds and write one report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds\n"
+               "  keras-resnet-lab reproduce --only seed004-mnist-lenet seed004-mnist-resnet --seeds 5\n"
+               "  keras-resnet-lab reproduce --list                        # the runs it would make\n"
+               "Interrupted, the same command resumes: finished runs are read, the others resume.")
+    reproduce.add_argument("--only", nargs="+", metavar="RECIPE",
+                           help="these recipes (default: every one a CPU runs without downloads, shortest first)")
+    reproduce.add_argument("--seeds", type=int, default=3, help="random seeds per recipe (default: 3)")
+    reproduce.add_argument("--long-seeds", type=int, default=1,
+                           help="random seeds of recipes that take over 15 minutes on a 2-core CPU (default: 1)")
+    reproduce.add_argument("--run-dir", default="runs/reproduce", help="default: runs/reproduce")
+    reproduce.add_argument("--data-dir", help="folder of the dataset files (default $KERAS_RESNET_LAB_DATA)")
+    reproduce.add_argument("--list", action="store_true", help="print the planned runs and stop")
+    reproduce.add_argument("--report-only", action="store_true",
+                           help="write the report from the runs finished so far, training nothing")
+    reproduce.add_argument("--quiet", action="store_true", help="no progress bars from the runs")
+    reproduce.set_defaults(func=cmd_reproduce)
+
     export = sub.add_parser("export", help="export a trained run as a SavedModel for serving")
     export.add_argument("run_dir", help="a finished run folder, e.g. runs/seed000-mnist-baseline")
     export.add_argument("--export-dir", help="default saved_models/<run name>")

@@ -48,6 +48,25 @@ def cpu_info():
             "machine": platform.machine()}
 
 
+def environment(backend=None, devices=None):
+    """When and where a figure was measured: date, versions, backend, CPU and accelerators."""
+    import datetime
+    from importlib import metadata
+
+    def version(package):
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    info = cpu_info()
+    packages = ("keras-resnet-lab", "keras", "tensorflow", "jax", "numpy")
+    return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "python": platform.python_version(), "versions": {p: version(p) for p in packages if version(p)},
+            "backend": backend, "cpu": info["model"], "cores": info["cores"], "cpu_family": cpu_family(info),
+            "isa": info["isa"], "devices": devices}
+
+
 def cpu_family(info=None):
     """"avx512" (TensorFlow's oneDNN default is on), "avx2", "older x86" or "other" (not x86)."""
     info = info or cpu_info()

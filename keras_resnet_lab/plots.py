@@ -223,3 +223,25 @@ def activation_figure(name, maps, image, max_maps=16):
     figure.colorbar(mapped, ax=axes[1:].ravel().tolist(), fraction=0.03, pad=0.02, label="activation (one scale)")
     figure.suptitle(f"{name}: {maps.shape[0]}x{maps.shape[1]}x{maps.shape[2]} (first {count} maps)")
     return figure
+
+
+def plot_seed_accuracies(rows, path, title="Test accuracy: each random seed, and the report's figure"):
+    """One line per experiment: a dot per random seed (ours) and a red cross at the report's figure.
+
+    `rows` are (label, [accuracy per seed], reported accuracy or None), accuracies as fractions.
+    """
+    figure = Figure(figsize=(8, 0.45 * len(rows) + 1.4))
+    axis = figure.subplots()
+    for y, (label, accuracies, reported) in enumerate(rows):
+        axis.scatter(np.asarray(accuracies) * 100, [y] * len(accuracies), color="tab:blue", s=22, zorder=3,
+                     label="ours, one dot per seed" if y == 0 else None)
+        if reported is not None:
+            axis.scatter([reported * 100], [y], color="tab:red", marker="x", s=40, zorder=3,
+                         label="the report's figure" if not any(r for _, _, r in rows[:y]) else None)
+    axis.set_yticks(range(len(rows)), [label for label, _, _ in rows])
+    axis.invert_yaxis()
+    axis.set_xlabel("test accuracy (%)")
+    axis.grid(axis="x", alpha=0.3)
+    axis.set_title(title)
+    axis.legend(loc="lower left", fontsize=8)
+    return save_figure(figure, path)

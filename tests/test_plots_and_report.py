@@ -35,6 +35,10 @@ def test_a_run_writes_every_figure_and_a_report(run):
     assert grids == ["activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
     markdown = (run.run_dir / "report.md").read_text()
     assert "Metrics (test split)" in markdown and "| accuracy |" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
+    assert "mnist_resnet reached " in markdown and "after 1 epoch;" in markdown and "commonest mistake is '" in markdown  # the generated conclusion
+    assert "keras 3." in markdown and "| examples (train / validation / test) | 1,293 / 144 / 360 |" in markdown
+    per_class = [line for line in markdown.splitlines() if line.startswith("| 7 |")]
+    assert len(per_class) == 1 and per_class[0].endswith("| 36 |")  # precision, recall, F1, images of class 7
     html = (run.run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 6 and "src='plots/" not in html  # self-contained
 

@@ -12,12 +12,22 @@ from .config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+    """One experiment: its `TrainConfig` settings, the report's figure and ours.
+
+    `reported_accuracy` is the report's test accuracy as a fraction (None where it gave none),
+    `minutes` about how long one run takes on a 2-core CPU (`reproduce` runs one seed of those
+    over 15), `needs` what it needs beyond a CPU ("gpu", "weights") or None.
+    """
+
     name: str
     seed: str
     description: str
     reported: str
     settings: dict = None
     measured: str = "not yet measured on these machines (CPU-only here)"
+    reported_accuracy: float = None
+    minutes: float = 5.0
+    needs: str = None
 
     def config(self, **overrides):
         return TrainConfig.from_dict({**self.settings, "recipe": self.name, **overrides})
@@ -37,6 +47,7 @@ RECIPES = {r.name: r for r in [
              schedule="onecycle", batch_size=64, validation_split=0.1,
              model_options=dict(conv_dropout=0.1, dense_dropout=0.1),
              dataset_options=dict(augment="affine", standardize=True)),
+        reported_accuracy=0.9919, minutes=2,
     ),
     Recipe(
         "seed000-mnist-baseline-phases", "000",
@@ -45,6 +56,7 @@ RECIPES = {r.name: r for r in [
         dict(model="baseline_cnn", dataset="mnist", epochs=120, optimizer="adam", validation_split=0.1,
              phases=[dict(epochs=60, learning_rate=0.002, batch_size=32),
                      dict(epochs=60, learning_rate=0.0005, batch_size=64)]),
+        reported_accuracy=0.9919, minutes=25,
     ),
     Recipe(
         "seed000-mnist-resnet50", "000",
@@ -55,6 +67,16 @@ RECIPES = {r.name: r for r in [
              dataset_options=dict(channels=3),
              phases=[dict(epochs=4, learning_rate=0.001, batch_size=64),
                      dict(epochs=2, learning_rate=0.0001, batch_size=64)]),
+        reported_accuracy=0.9942, minutes=30,
+    ),
+    Recipe(
+        "seed000-mnist-resnet18", "000",
+        "ResNet-18 as torchvision builds it (7x7 stem, max pool), its first convolution swapped for "
+        "1 channel and its head for 10 classes, on MNIST: report 000's question of 21,840 parameters "
+        "against 11 million, one size below its ResNet-50.",
+        "- (report 000: its CNN 99.19%, ResNet-50 99.42%)",
+        dict(model="resnet18", dataset="mnist", epochs=5, learning_rate=3e-3, **MNIST_FAST),
+        minutes=4,
     ),
     Recipe(
         "seed001-digits-resnet18", "001",
@@ -67,6 +89,7 @@ RECIPES = {r.name: r for r in [
         settings=dict(model="resnet18", model_options=dict(stem="small"), dataset="digits", epochs=25,
              optimizer="sgd", learning_rate=0.05, nesterov=True, weight_decay=5e-4, schedule="onecycle",
              label_smoothing=0.1, batch_size=64, validation_split=0.1, dataset_options=dict(augment="affine")),
+        reported_accuracy=0.9745, minutes=1,
     ),
     Recipe(
         "seed001-cats-dogs-resnet18", "001",
@@ -81,6 +104,7 @@ RECIPES = {r.name: r for r in [
              dataset_options=dict(path="cats_vs_dogs.tar.gz", image_size=[224, 224], augment=["crop", "flip"],
                                   standardize="imagenet")),
         measured=OFFLINE,
+        reported_accuracy=0.9817, minutes=60, needs="weights",
     ),
     Recipe(
         "seed001-cats-dogs-resnet18-scratch", "001",
@@ -90,6 +114,7 @@ RECIPES = {r.name: r for r in [
              weight_decay=5e-4, schedule="onecycle", batch_size=64, validation_split=0.1,
              dataset_options=dict(path="cats_vs_dogs.tar.gz", image_size=[128, 128], augment=["crop", "flip"],
                                   standardize=True)),
+        reported_accuracy=0.9817, minutes=100, needs="gpu",
     ),
     Recipe(
         "seed002-mnist-resnet20", "002",
@@ -97,14 +122,16 @@ RECIPES = {r.name: r for r in [
         "99.3% test after 5 epochs",
         dict(model="cifar_resnet20", dataset="mnist", epochs=5, learning_rate=3e-3,
              dataset_options=dict(pad=2), **MNIST_FAST),
+        reported_accuracy=0.993, minutes=6,
     ),
     Recipe(
         "seed002-cifar10-resnet20", "002",
         "ResNet-20 on CIFAR-10 with the paper's SGD, crop and flip, cosine decay.",
         "86.63% test after 80 epochs",
-        dict(model="cifar_resnet20", dataset="cifar10", epochs=40, optimizer="sgd", learning_rate=0.1,
+        dict(model="cifar_resnet20", dataset="cifar10", epochs=30, optimizer="sgd", learning_rate=0.1,
              weight_decay=1e-4, schedule="cosine", warmup_epochs=1, batch_size=128, validation_split=0.1,
              dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        reported_accuracy=0.8663, minutes=30,
     ),
     Recipe(
         "seed003-mnist-regularized", "003",
@@ -112,6 +139,7 @@ RECIPES = {r.name: r for r in [
         "98.23% test after 15 epochs",
         dict(model="baseline_cnn", dataset="mnist", epochs=8, learning_rate=3e-3,
              model_options=dict(conv_dropout=0.2, dense_dropout=0.2), **MNIST_FAST),
+        reported_accuracy=0.9823, minutes=1,
     ),
     Recipe(
         "seed003-cifar10-resnet18", "003",
@@ -122,6 +150,7 @@ RECIPES = {r.name: r for r in [
              optimizer="sgd", learning_rate=0.05, weight_decay=5e-4, schedule="cosine", clipnorm=5.0,
              early_stopping_patience=6, batch_size=128, validation_split=0.1,
              dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        reported_accuracy=0.7729, minutes=300, needs="gpu",
     ),
     Recipe(
         "seed003-cifar10-finetune", "003",
@@ -133,6 +162,7 @@ RECIPES = {r.name: r for r in [
              optimizer="adam", learning_rate=1e-3, clipnorm=0.1, weight_decay=1e-4, early_stopping_patience=5,
              batch_size=128, validation_split=0.1, dataset_options=dict(standardize="imagenet")),
         measured=OFFLINE,
+        reported_accuracy=0.8827, minutes=120, needs="weights",
     ),
     Recipe(
         "seed003-cifar10-finetune-ours", "003",
@@ -145,6 +175,7 @@ RECIPES = {r.name: r for r in [
              phases=[dict(epochs=1, trainable_last=1), dict(epochs=7, learning_rate=1e-4)],
              dataset_options=dict(image_size=[128, 128], augment=["crop", "flip"], standardize="imagenet")),
         measured=OFFLINE,
+        reported_accuracy=0.8827, minutes=120, needs="weights",
     ),
     Recipe(
         "seed003-cifar10-augmented-subset", "003",
@@ -156,18 +187,61 @@ RECIPES = {r.name: r for r in [
              validation_split=0.1,
              dataset_options=dict(train_subset_per_class=500, standardize=True,
                                   augment=["affine", "sharpness", "color", "flip"])),
+        reported_accuracy=0.50, minutes=30,
     ),
     Recipe(
         "seed004-mnist-lenet", "004",
         "Seed 004's MNISTNetwork (LeNet-5, 107,786 parameters).",
         "97.7% after 5 epochs, 98.9% after 20 (lr 0.025)",
         dict(model="lenet5", dataset="mnist", epochs=5, learning_rate=3e-3, **MNIST_FAST),
+        reported_accuracy=0.977, minutes=1,
     ),
     Recipe(
         "seed004-mnist-resnet", "004",
         "Seed 004's MNISTResNetwork (four residual blocks, 126,346 parameters).",
         "98.7% after 5 epochs (about 99% at best)",
         dict(model="mnist_resnet", dataset="mnist", epochs=5, learning_rate=3e-3, **MNIST_FAST),
+        reported_accuracy=0.987, minutes=2,
+    ),
+    Recipe(
+        "depth-cifar10-resnet8", "002",
+        "Depth against accuracy (report 002's ResNet-20, and the paper's question): the CIFAR ResNet "
+        "with 8 layers, the same 10 epochs of SGD, cosine decay, crop and flip as its siblings.",
+        "-",
+        dict(model="cifar_resnet", model_options=dict(depth=8), dataset="cifar10", epochs=10, optimizer="sgd",
+             learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
+             validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        minutes=4,
+    ),
+    Recipe(
+        "depth-cifar10-resnet14", "002",
+        "Depth against accuracy (report 002's ResNet-20, and the paper's question): the CIFAR ResNet "
+        "with 14 layers, the same 10 epochs of SGD, cosine decay, crop and flip as its siblings.",
+        "-",
+        dict(model="cifar_resnet", model_options=dict(depth=14), dataset="cifar10", epochs=10, optimizer="sgd",
+             learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
+             validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        minutes=6,
+    ),
+    Recipe(
+        "depth-cifar10-resnet20", "002",
+        "Depth against accuracy (report 002's ResNet-20, and the paper's question): the CIFAR ResNet "
+        "with 20 layers, the same 10 epochs of SGD, cosine decay, crop and flip as its siblings.",
+        "-",
+        dict(model="cifar_resnet", model_options=dict(depth=20), dataset="cifar10", epochs=10, optimizer="sgd",
+             learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
+             validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        minutes=9,
+    ),
+    Recipe(
+        "depth-cifar10-resnet32", "002",
+        "Depth against accuracy (report 002's ResNet-20, and the paper's question): the CIFAR ResNet "
+        "with 32 layers, the same 10 epochs of SGD, cosine decay, crop and flip as its siblings.",
+        "-",
+        dict(model="cifar_resnet", model_options=dict(depth=32), dataset="cifar10", epochs=10, optimizer="sgd",
+             learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
+             validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
+        minutes=14,
     ),
     Recipe(
         "digits-baseline-cnn", "main job",
@@ -177,6 +251,7 @@ RECIPES = {r.name: r for r in [
              model_options=dict(conv_dropout=0.1, dense_dropout=0.25),
              dataset_options=dict(image_size=[28, 28]), optimizer="adam", schedule="onecycle",
              validation_split=0.1),
+        minutes=0.5,
     ),
     Recipe(
         "digits-mnist-resnet", "main job",
@@ -184,6 +259,7 @@ RECIPES = {r.name: r for r in [
         "-", measured="95.56% test after 30 epochs, 14 s",
         settings=dict(model="mnist_resnet", dataset="digits", epochs=30, learning_rate=3e-3, batch_size=32,
              optimizer="adam", schedule="onecycle", validation_split=0.1),
+        minutes=0.5,
     ),
 ]}
 

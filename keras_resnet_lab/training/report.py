@@ -22,6 +22,10 @@ METRIC_ROWS = (
 )
 
 
+def _count(number, noun):
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def _fmt(template, value):
     return "-" if value is None else template.format(value)
 
@@ -42,6 +46,8 @@ def _html(title, markdown_blocks, folder):
                          + "</table>")
         elif kind == "pre":
             parts.append(f"<pre>{html.escape(content)}</pre>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(content)}</p>")
         elif kind == "image":
             data = base64.b64encode((folder / content).read_bytes()).decode()
             parts.append(f"<p><img alt='{html.escape(content)}' src='data:image/png;base64,{data}'></p>")
@@ -57,6 +63,8 @@ def _write(folder, title, blocks):
             markdown.append(markdown_table(*content))
         elif kind == "pre":
             markdown.append(f"```\n{content}\n```")
+        elif kind == "p":
+            markdown.append(content)
         elif kind == "image":
             markdown.append(f"![{content}]({content})")
     write_text_atomic(folder / REPORT_MD, "\n\n".join(markdown) + "\n")
@@ -77,6 +85,59 @@ def run_summary(result):
         "seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
         "trainable_parameters": metrics.get("parameters", {}).get("trainable"),
     }
+
+
+def environment_rows(environment, split_sizes=None):
+    """(setting, value) rows: when, with what and on what a run was measured, and its split sizes."""
+    env = environment or {}
+    versions = ", ".join(f"{name} {version}" for name, version in env.get("versions", {}).items())
+    isa = " ".join(env.get("isa", []))
+    rows = [("date", env.get("date", "-")), ("versions", versions or "-"), ("backend", env.get("backend") or "-"),
+            ("CPU", f"{env.get('cpu', '-')}, {env.get('cores', '-')} cores ({isa})"),
+            ("devices", ", ".join(env.get("devices") or []) or "-")]
+    sizes = split_sizes or {}
+    rows.append(("examples (train / validation / test)",
+                 " / ".join(_fmt("{:,}", sizes.get(split)) for split in ("train", "validation", "test"))))
+    return rows
+
+
+def per_class_rows(metrics):
+    """(class, precision, recall, F1, support) rows from the metrics' per-class report."""
+    per_class = metrics.get("per_class", {})
+    skip = {"accuracy", "macro avg", "weighted avg", "micro avg"}
+    return [(name, f"{v['precision']:.4f}", f"{v['recall']:.4f}", f"{v['f1-score']:.4f}", int(v["support"]))
+            for name, v in per_class.items() if name not in skip]
+
+
+def most_confused(metrics, class_names):
+    """(true class, predicted class, count, images of the true class) of the commonest mistake, or None."""
+    matrix = metrics.get("confusion_matrix") or []
+    best = None
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            if i != j and count and (best is None or count > best[2]):
+                best = (class_names[i], class_names[j], count, sum(row))
+    return best
+
+
+def run_conclusion(result, class_names):
+    """One paragraph, generated from the numbers: what the run reached, which epoch it kept and why,
+    its commonest mistake and its weakest class."""
+    m, config = result.metrics, result.config
+    text = (f"{config.model} reached {m['accuracy']:.2%} {m['split']} accuracy (macro F1 {m['f1_macro']:.4f}, "
+            f"loss {m['loss']:.4f}) after {_count(m.get('epochs_trained'), 'epoch')}")
+    if m.get("best_epoch"):
+        text += f"; the weights kept are those of epoch {m['best_epoch']}, chosen by {config.monitor}"
+    text += "."
+    confused = most_confused(m, [str(c) for c in class_names])
+    if confused:
+        true, predicted, count, total = confused
+        text += f" Its commonest mistake is '{true}' taken for '{predicted}' ({count} of {total} images)."
+    rows = per_class_rows(m)
+    if rows:
+        weakest = min(rows, key=lambda row: float(row[3]))
+        text += f" Its weakest class is '{weakest[0]}' (F1 {weakest[3]})."
+    return text
 
 
 def draw_run_plots(folder, result, bundle, predictions):
@@ -102,9 +163,15 @@ def write_run_report(folder, result, bundle, predictions):
     metrics, every plot, the configuration."""
     draw_run_plots(folder, result, bundle, predictions)
     summary = run_summary(result)
+    metrics = result.metrics
     blocks = [
+        ("p", run_conclusion(result, bundle.class_names)),
+        ("h2", "Where and on what"),
+        ("table", (("setting", "value"), environment_rows(metrics.get("environment"), metrics.get("split_sizes")))),
         ("h2", f"Metrics ({result.metrics['split']} split)"),
         ("table", (("metric", "value"), [(label, _fmt(t, summary.get(key))) for label, key, t in METRIC_ROWS])),
+        ("h2", f"Per class ({metrics['split']} split)"),
+        ("table", (("class", "precision", "recall", "F1", "images"), per_class_rows(metrics))),
         ("h2", "Curves"), *[("image", p) for p in _images(folder, "plots/curves.png")],
         ("h2", "Confusion matrix"), *[("image", p) for p in _images(folder, "plots/confusion_matrix.png")],
         ("h2", "Samples and worst errors"),

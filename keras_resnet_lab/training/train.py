@@ -15,9 +15,9 @@ from . import fitting
 from .callbacks import RunKeeper
 from .config import TrainConfig
 from .evaluation import classification_metrics, predict_labels
-from ..hardware import check_fast_kernels
-from .devices import (barrier, check_batch_sizes, device_count, distributed, process_count, process_index,
-                      start_processes)
+from ..hardware import check_fast_kernels, environment
+from .devices import (barrier, check_batch_sizes, device_count, distributed, local_devices, process_count,
+                      process_index, start_processes)
 from .replicas import configure_cpu_replicas
 from .report import write_run_report
 from .run_folder import RunFolder, data_contract, default_run_dir, run_identity
@@ -313,7 +313,9 @@ def _finish(model, bundle, config, state, folder, devices):
     metrics = {"split": split, **classification_metrics(y_true, y_pred, probabilities, bundle.class_names),
                "parameters": parameter_counts(model), "flops_per_image": flops_per_image(model),
                "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done,
-               "backend": keras.backend.backend(), "devices": devices, "processes": process_count()}
+               "backend": keras.backend.backend(), "devices": devices, "processes": process_count(),
+               "split_sizes": dict(bundle.num_examples),
+               "environment": environment(keras.backend.backend(), [str(d) for d in local_devices()])}
     folder.save_results(model, metrics, data_contract(bundle))
     result = TrainResult(model, history_of(state.history), metrics, folder.path, config)
     if config.reports and folder.writes:

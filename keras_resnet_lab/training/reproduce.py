@@ -1,0 +1,111 @@
+"""`reproduce`: the seed reports' experiments, each on several random seeds, in one report.
+
+Each (recipe, seed) is one ordinary run folder, `RUN_DIR/<recipe>/seed-<n>`, trained by the
+`train` command in its own process (every recipe gets a fresh TensorFlow, with its own thread
+set-up), so an interrupted `reproduce` resumes where it stopped: finished runs are read, an
+unfinished one resumes from its last epoch. The report is written from the run folders alone
+(`reproduction_report`), so it can be rewritten at any time.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError
+from .config import RESUME_NEUTRAL
+from .recipes import RECIPES, get_recipe
+from .run_folder import CONFIG, METRICS, STATE
+
+LONG_MINUTES = 15  # recipes longer than this run `long_seeds` seeds, the others `seeds`
+NEEDS = {"gpu": "a GPU (too long for a 2-core CPU)", "weights": "the ImageNet checkpoint (downloaded once)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One training run of the plan: a recipe, a random seed and its folder."""
+
+    recipe: str
+    seed: int
+    folder: Path
+
+
+def default_recipes():
+    """Every recipe a CPU can run without downloads, shortest first."""
+    runnable = [r for r in RECIPES.values() if r.needs is None]
+    return [r.name for r in sorted(runnable, key=lambda r: r.minutes)]
+
+
+def plan(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce"):
+    """The runs `reproduce` makes: `seeds` random seeds (0, 1, ...) of each recipe, or
+    `long_seeds` of those that take over LONG_MINUTES on a 2-core CPU."""
+    if seeds < 1 or long_seeds < 1:
+        raise ConfigError(f"seeds={seeds}, long_seeds={long_seeds}: each needs at least 1 run.")
+    names = list(recipes or default_recipes())
+    runs = []
+    for name in names:
+        recipe = get_recipe(name)
+        count = seeds if recipe.minutes <= LONG_MINUTES else min(seeds, long_seeds)
+        runs += [PlannedRun(name, seed, Path(run_dir) / name / f"seed-{seed}") for seed in range(count)]
+    return runs
+
+
+def finished_metrics(run):
+    """The run's metrics.json where its folder holds this recipe and seed trained to the end, else None.
+
+    A folder trained with other settings (an edited recipe) is not finished: `train` then says
+    how it differs.
+    """
+    try:
+        state = json.loads((run.folder / STATE).read_text())
+        saved = json.loads((run.folder / CONFIG).read_text())
+        metrics = json.loads((run.folder / METRICS).read_text())
+    except (OSError, ValueError):
+        return None
+    expected = get_recipe(run.recipe).config(seed=run.seed).to_dict()
+    same = all(saved.get(key) == value for key, value in expected.items() if key not in RESUME_NEUTRAL)
+    return metrics if state.get("finished") and same else None
+
+
+def train_command(run, data_dir=None):
+    """The `keras-resnet-lab train` command line of one run."""
+    command = [sys.executable, "-m", "keras_resnet_lab", "train", "--recipe", run.recipe, "--seed", str(run.seed),
+               "--run-dir", str(run.folder)]
+    return command + (["--data-dir", str(data_dir)] if data_dir else [])
+
+
+def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", data_dir=None, quiet=False,
+              train=True):
+    """Trains every planned run not yet finished (unless `train=False`), then writes the report
+    from the finished ones; returns the report's path.
+
+    Example:
+        >>> reproduce(["seed004-mnist-lenet", "seed004-mnist-resnet"], seeds=3, data_dir="data")
+        PosixPath('runs/reproduce/report.md')
+    """
+    runs = plan(recipes, seeds, long_seeds, run_dir)
+    failed = []
+    for index, run in enumerate(runs, start=1):
+        label = f"Run {index} of {len(runs)}: {run.recipe}, seed {run.seed}"
+        metrics = finished_metrics(run)
+        if not train:
+            continue
+        if metrics is not None:
+            print(f"{label}: done ({metrics['split']} accuracy {metrics['accuracy']:.4f})", flush=True)
+            continue
+        print(f"{label} -> {run.folder}", flush=True)
+        command = train_command(run, data_dir) + (["--quiet"] if quiet else [])
+        code = subprocess.call(command)
+        if code != 0:
+            failed.append(run)
+            print(f"{label} failed (exit {code}); what it trained is kept in {run.folder}: "
+                  "run the same reproduce command again to resume it.", flush=True)
+    from .reproduce_report import write_reproduction_report
+
+    report = write_reproduction_report(run_dir, runs)
+    if failed:
+        names = ", ".join(f"{r.recipe} seed {r.seed}" for r in failed)
+        raise ConfigError(f"{len(failed)} of {len(runs)} runs did not finish ({names}); the report in {report} "
+                          "has the others. Run the same command again to resume them.")
+    return report

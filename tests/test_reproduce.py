@@ -1,0 +1,84 @@
+"""`reproduce`: the plan, resuming as a whole, and the report written from run folders."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from keras_resnet_lab.errors import ConfigError
+from keras_resnet_lab.training.recipes import RECIPES, get_recipe
+from keras_resnet_lab.training.reproduce import LONG_MINUTES, default_recipes, finished_metrics, plan, reproduce
+from keras_resnet_lab.training.reproduce_report import write_reproduction_report
+
+
+def test_the_plan_runs_every_cpu_recipe_shortest_first_and_long_ones_on_fewer_seeds(tmp_path):
+    names = default_recipes()
+    assert names and all(RECIPES[n].needs is None for n in names)
+    assert "seed003-cifar10-resnet18" not in names and "seed003-cifar10-finetune" not in names
+    assert [RECIPES[n].minutes for n in names] == sorted(RECIPES[n].minutes for n in names)
+    runs = plan(["seed004-mnist-lenet", "seed002-cifar10-resnet20"], seeds=3, long_seeds=1, run_dir=tmp_path)
+    assert RECIPES["seed002-cifar10-resnet20"].minutes > LONG_MINUTES >= RECIPES["seed004-mnist-lenet"].minutes
+    assert [(r.recipe, r.seed) for r in runs] == [("seed004-mnist-lenet", 0), ("seed004-mnist-lenet", 1),
+                                                  ("seed004-mnist-lenet", 2), ("seed002-cifar10-resnet20", 0)]
+    assert runs[1].folder == tmp_path / "seed004-mnist-lenet" / "seed-1"
+    with pytest.raises(ConfigError, match="recipe.*'seed004-mnist-lenett'.*seed004-mnist-lenet"):
+        plan(["seed004-mnist-lenett"])
+    with pytest.raises(ConfigError, match="seeds=0"):
+        plan(["seed004-mnist-lenet"], seeds=0)
+
+
+def fake_run(run, accuracy, parameters, epochs=5, seconds=6.0):
+    """A finished run folder as `train` leaves it (the files the report reads)."""
+    run.folder.mkdir(parents=True)
+    config = get_recipe(run.recipe).config(seed=run.seed, run_dir=str(run.folder))
+    (run.folder / "config.json").write_text(config.to_json())
+    history = [{"epoch": e + 1, "seconds": seconds} for e in range(epochs)]
+    (run.folder / "state.json").write_text(json.dumps({"finished": True, "epochs_done": epochs, "history": history}))
+    (run.folder / "metrics.json").write_text(json.dumps({
+        "split": "test", "accuracy": accuracy, "loss": 0.05, "num_examples": 10000, "epochs_trained": epochs,
+        "parameters": {"total": parameters, "trainable": parameters}, "flops_per_image": 1000,
+        "environment": {"date": "2026-12-01", "cpu": "Test CPU", "cores": 2, "versions": {"keras": "3.15.1"}}}))
+
+
+def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions(tmp_path):
+    runs = plan(["seed004-mnist-lenet", "seed004-mnist-resnet"], seeds=3, run_dir=tmp_path)
+    for run, accuracy in zip(runs, (0.990, 0.992, 0.976, 0.991, 0.993, 0.992)):  # lenet's seed 2 below 97.7%
+        fake_run(run, accuracy, 107_786 if run.recipe == "seed004-mnist-lenet" else 126_346)
+    report = write_reproduction_report(tmp_path, runs)
+    text = report.read_text()
+    assert "2 experiments measured. Of the 2 with a report's figure, 1 are above it on every random seed; " \
+           "not on every seed: seed004-mnist-lenet (above on the mean only)." in text
+    assert "| seed004-mnist-resnet | 004 | 98.7% after 5 epochs (about 99% at best) | 99.20% ± 0.10 (3 seeds: " \
+           "99.10% to 99.30%) | above on every seed | 5 | 0.5 | 126,346 | 0.0500 |" in text
+    assert "On MNIST the residual mnist_resnet scores 99.20%, 0.60 points ahead of the plain lenet5 (98.60%); the seeds' spread is 0.87 points, so the difference is not much larger than chance" in text
+    assert "Test CPU, 2 cores" in text and "depth-cifar10-resnet8" in text  # the unanswered question names its command
+    numbers = json.loads((tmp_path / "reproduce.json").read_text())
+    assert numbers[0]["accuracies"] == [0.990, 0.992, 0.976] and numbers[0]["beats_every_seed"] is False
+    assert all(isinstance(v, (int, float, bool, list, type(None))) or k in ("recipe", "origin", "reported", "model")
+               for row in numbers for k, v in row.items())  # numbers, not formatted strings
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1  # the per-seed plot
+
+
+def test_a_run_of_an_edited_recipe_is_not_taken_as_finished(tmp_path):
+    run = plan(["seed004-mnist-lenet"], seeds=1, run_dir=tmp_path)[0]
+    fake_run(run, 0.99, 107_786)
+    assert finished_metrics(run)["accuracy"] == 0.99
+    saved = json.loads((run.folder / "config.json").read_text())
+    (run.folder / "config.json").write_text(json.dumps({**saved, "epochs": 7}))
+    assert finished_metrics(run) is None
+
+
+@pytest.mark.slow
+def test_reproduce_trains_each_seed_once_and_resumes_as_a_whole(tmp_path, digits_data_dir=None):
+    command = [sys.executable, "-m", "keras_resnet_lab", "reproduce", "--only", "digits-baseline-cnn", "--seeds", "2",
+               "--run-dir", str(tmp_path), "--quiet"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "Run 2 of 2: digits-baseline-cnn, seed 1 ->" in first.stdout
+    models = [tmp_path / "digits-baseline-cnn" / f"seed-{s}" / "model.keras" for s in (0, 1)]
+    stamps = [m.stat().st_mtime_ns for m in models]
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0 and second.stdout.count(": done (test accuracy") == 2
+    assert [m.stat().st_mtime_ns for m in models] == stamps  # nothing trained again
+    assert "digits-baseline-cnn | main job | - | " in (tmp_path / "report.md").read_text()
