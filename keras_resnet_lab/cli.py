@@ -316,6 +316,12 @@ def _set_distributed_env(args):
     os.environ["KERASTUNER_ORACLE_PORT"] = port
 
 
+def _examples(*lines):
+    """A subcommand's examples, shown below its flags."""
+    text = "\n".join(f"  {line}" if line.startswith("keras-resnet-lab") else line for line in lines)
+    return {"epilog": f"examples:\n{text}", "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def build_parser():
     from . import __version__
 
@@ -325,12 +331,18 @@ def build_parser():
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    models = sub.add_parser("models", help="list the model zoo with parameter counts")
+    models = sub.add_parser("models", help="list the model zoo with parameter counts",
+                            **_examples("keras-resnet-lab models", "keras-resnet-lab models --all"))
     models.add_argument("--all", action="store_true", help="also count ResNet-101/152 (slower)")
     models.set_defaults(func=cmd_models)
-    sub.add_parser("recipes", help="list the recipes that reproduce the seed experiments").set_defaults(func=cmd_recipes)
+    sub.add_parser("recipes", help="list the recipes that reproduce the seed experiments",
+                   **_examples("keras-resnet-lab recipes")).set_defaults(func=cmd_recipes)
 
-    train = sub.add_parser("train", help="train one model (a recipe, a config file or flags)")
+    train = sub.add_parser("train", help="train one model (a recipe, a config file or flags)", **_examples(
+        "keras-resnet-lab train --recipe seed000-mnist-baseline --data-dir data",
+        "keras-resnet-lab train --model resnet18 --dataset digits --epochs 10 --set model_options.stem='\"small\"'",
+        "keras-resnet-lab train --config my_run.toml --seed 2 --export",
+        "Interrupted, the same command resumes from the last finished epoch."))
     source = train.add_mutually_exclusive_group()
     source.add_argument("--recipe", help="a name from `keras-resnet-lab recipes`")
     source.add_argument("--config", help="a TOML or YAML file of TrainConfig fields")
@@ -343,23 +355,26 @@ def build_parser():
     _add_config_flags(train)
     train.set_defaults(func=cmd_train)
 
-    compare = sub.add_parser("compare", help="train several models on one dataset and tabulate them")
-    compare.add_argument("--models", nargs="+")
-    compare.add_argument("--dataset")
-    compare.add_argument("--recipes", nargs="+")
+    compare = sub.add_parser("compare", help="train several models on one dataset and tabulate them", **_examples(
+        "keras-resnet-lab compare --models baseline_cnn lenet5 mnist_resnet --dataset digits --epochs 20",
+        "keras-resnet-lab compare --recipes seed004-mnist-lenet seed004-mnist-resnet --data-dir data"))
+    compare.add_argument("--models", nargs="+", metavar="MODEL", help="names from `keras-resnet-lab models`")
+    compare.add_argument("--dataset", help="the dataset every --models model trains on")
+    compare.add_argument("--recipes", nargs="+", metavar="RECIPE", help="names from `keras-resnet-lab recipes`")
     _add_config_flags(compare)
     compare.set_defaults(func=cmd_compare)
 
-    demo = sub.add_parser("demo", help="the main job: baseline CNN vs residual nets on the 8x8 digits")
+    demo = sub.add_parser("demo", help="the main job: baseline CNN vs residual nets on the 8x8 digits",
+                          **_examples("keras-resnet-lab demo", "keras-resnet-lab demo --seed 3 --export"))
     _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
     reproduce = sub.add_parser(
         "reproduce", help="run the seed reports' experiments on several random seeds and write one report",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds\n"
-               "  keras-resnet-lab reproduce --only seed004-mnist-lenet seed004-mnist-resnet --seeds 5\n"
-               "  keras-resnet-lab reproduce --list                        # the runs it would make\n"
-               "Interrupted, the same command resumes: finished runs are read, the others resume.")
+        **_examples("keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds",
+                    "keras-resnet-lab reproduce --only seed004-mnist-lenet seed004-mnist-resnet --seeds 5",
+                    "keras-resnet-lab reproduce --list                        # the runs it would make",
+                    "keras-resnet-lab reproduce --report-only                 # the report from the runs so far",
+                    "Interrupted, the same command resumes: finished runs are read, the others resume."))
     reproduce.add_argument("--only", nargs="+", metavar="RECIPE",
                            help="these recipes (default: every one a CPU runs without downloads, shortest first)")
     reproduce.add_argument("--seeds", type=int, default=3, help="random seeds per recipe (default: 3)")
@@ -373,27 +388,37 @@ def build_parser():
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars from the runs")
     reproduce.set_defaults(func=cmd_reproduce)
 
-    export = sub.add_parser("export", help="export a trained run as a SavedModel for serving")
+    export = sub.add_parser("export", help="export a trained run as a SavedModel for serving", **_examples(
+        "keras-resnet-lab export runs/demo/seed001-digits-resnet18",
+        "keras-resnet-lab export runs/seed000-mnist-baseline --export-dir saved_models/mnist --version 2"))
     export.add_argument("run_dir", help="a finished run folder, e.g. runs/seed000-mnist-baseline")
     export.add_argument("--export-dir", help="default saved_models/<run name>")
     export.add_argument("--version", type=int, help="default: the next free version")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.set_defaults(func=cmd_export)
 
-    predict = sub.add_parser("predict", help="classify image files with an exported model")
+    predict = sub.add_parser("predict", help="classify image files with an exported model", **_examples(
+        "keras-resnet-lab predict saved_models/seed001-digits-resnet18 digit.png",
+        "keras-resnet-lab predict saved_models/mnist/2 photos/ --top-k 1 --format csv"))
     predict.add_argument("model", help="saved_models/<name> (latest version) or saved_models/<name>/<version>")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
-    predict.add_argument("--top-k", type=int, default=3)
-    predict.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    predict.add_argument("--top-k", type=int, default=3, help="classes shown per image (default: 3)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                         help="table, json or csv (default: table)")
     predict.set_defaults(func=cmd_predict)
-    tune = sub.add_parser("tune", help="keras-tuner search over learning rates, block counts, ...")
+    tune = sub.add_parser("tune", help="keras-tuner search over learning rates, block counts, ...", **_examples(
+        "keras-resnet-lab tune --config tuning/seed004-mnist-resnet.toml --data-dir data",
+        "keras-resnet-lab tune --config tuning/seed004-mnist-resnet.toml --max-trials 4 --train-best",
+        "keras-resnet-lab tune --report tuning/seed004-mnist-resnet",
+        "Interrupted, the same command resumes the search."))
     tune.add_argument("--config", help="a search definition, e.g. tuning/seed004-mnist-resnet.toml")
     tune.add_argument("--report", metavar="DIR", help="print the leaderboard of tuning/<project> again")
-    tune.add_argument("--max-trials", type=int)
-    tune.add_argument("--max-epochs", type=int)
-    tune.add_argument("--tuner", choices=("hyperband", "random", "bayesian", "grid"))
+    tune.add_argument("--max-trials", type=int, help="configurations to try (default: the search file's)")
+    tune.add_argument("--max-epochs", type=int, help="epochs of the longest trial (default: the search file's)")
+    tune.add_argument("--tuner", choices=("hyperband", "random", "bayesian", "grid"),
+                      help="hyperband, random, bayesian or grid (default: the search file's)")
     tune.add_argument("--directory", help="default tuning")
-    tune.add_argument("--project-name")
+    tune.add_argument("--project-name", help="default: the search file's name")
     tune.add_argument("--train-best", action="store_true", help="retrain the best configuration for its full epochs")
     tune.add_argument("--role", help="distributed search: 'chief' or a worker id such as 'worker0'")
     tune.add_argument("--oracle", metavar="HOST:PORT",
@@ -404,10 +429,12 @@ def build_parser():
 
     visualize = sub.add_parser("visualize", help="look inside a trained model")
     kinds = visualize.add_subparsers(dest="kind", required=True)
-    activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage")
+    activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage", **_examples(
+        "keras-resnet-lab visualize activations runs/demo/seed001-digits-resnet18 digit.png --per block"))
     activations.add_argument("run_dir", help="a finished run folder")
     activations.add_argument("image", help="an image file (converted to the model's size and channels)")
-    activations.add_argument("--per", choices=("stage", "block"), default="stage")
+    activations.add_argument("--per", choices=("stage", "block"), default="stage",
+                             help="one grid per stage or per block (default: stage)")
     activations.add_argument("--layers", nargs="+", help="explicit layer names instead")
     activations.add_argument("--out", help="default <run_dir>/plots/activations_<image name>")
     activations.set_defaults(func=cmd_visualize)

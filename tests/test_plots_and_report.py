@@ -104,3 +104,19 @@ def test_activation_grids_share_one_colour_scale_and_1x1_maps_are_bars():
     assert len(limits) == 1  # every map on the same scale, so maps compare
     bars = activation_figure("stage4_block2_out", rng.normal(size=(1, 1, 512)), np.zeros((8, 8, 1)))
     assert len(bars.axes[1].patches) == 64 and "one value per channel" in bars.texts[0].get_text()
+
+
+def test_a_comparison_is_concluded_on_validation_accuracy_not_test():
+    from types import SimpleNamespace
+
+    from keras_resnet_lab.training.report import comparison_conclusion
+
+    def result(val, test, parameters):
+        return SimpleNamespace(history={"val_accuracy": val, "seconds": [1.0] * len(val)},
+                               metrics={"split": "test", "accuracy": test, "parameters": {"trainable": parameters}})
+
+    cnn, resnet = result([0.90, 0.97], 0.990, 21_840), result([0.96, 0.98], 0.970, 11_000_000)
+    text = comparison_conclusion([cnn, resnet], ["cnn", "resnet18"])
+    assert text.startswith("Chosen on validation accuracy (98.00%): resnet18. On the test split, read once at the "
+                           "end, it scores 97.00%.")  # the better test score of the CNN does not choose it
+    assert "The smallest, cnn (21,840 trainable parameters, 504x fewer), scores 99.00% (2.00 points above)." in text

@@ -47,7 +47,7 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
         fake_run(run, accuracy, 107_786 if run.recipe == "seed004-mnist-lenet" else 126_346)
     report = write_reproduction_report(tmp_path, runs)
     text = report.read_text()
-    assert "2 experiments measured. Of the 2 with a report's figure, 1 are above it on every random seed; " \
+    assert "2 experiments measured; 1 of the 2 with a report's figure beat it on every random seed; " \
            "not on every seed: seed004-mnist-lenet (above on the mean only)." in text
     assert "| seed004-mnist-resnet | 004 | 98.7% after 5 epochs (about 99% at best) | 99.20% ± 0.10 (3 seeds: " \
            "99.10% to 99.30%) | above on every seed | 5 | 0.5 | 126,346 | 0.0500 |" in text

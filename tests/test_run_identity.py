@@ -170,6 +170,27 @@ def test_the_package_face_starts_no_framework():
     assert lab.tune.__name__ == "tune" and lab.TuneConfig.__name__ == "TuneConfig"
 
 
+def test_every_flag_has_help_and_every_command_examples():
+    import argparse
+
+    from keras_resnet_lab.cli import build_parser
+
+    def commands(parser, name):
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subparsers:
+            yield name, parser
+        for action in subparsers:
+            for sub_name, sub in action.choices.items():
+                yield from commands(sub, f"{name} {sub_name}")
+
+    found = list(commands(build_parser(), "keras-resnet-lab"))
+    assert len(found) == 10  # models recipes train compare demo reproduce export predict tune visualize-activations
+    for name, parser in found:
+        assert parser.epilog and "examples:" in parser.epilog and "keras-resnet-lab" in parser.epilog, name
+        for action in parser._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.option_strings)
+
+
 def test_overwrite_deletes_only_a_runs_own_files(in_tmp):
     keep = in_tmp / "notes"
     keep.mkdir()

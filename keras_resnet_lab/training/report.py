@@ -182,6 +182,27 @@ def write_run_report(folder, result, bundle, predictions):
     return _write(folder, f"{result.config.model} on {result.config.dataset}", blocks)
 
 
+def comparison_conclusion(results, names):
+    """One paragraph from the numbers: the model chosen on validation data, how it does on the test
+    split, and what the smallest model gives up against it."""
+    scored = [(max(r.history.get("val_accuracy") or [float("nan")]), name, r) for name, r in zip(names, results)]
+    scored = [item for item in scored if item[0] == item[0]]
+    if not scored:
+        return "No run has validation accuracy, so none is chosen."
+    validation, name, best = max(scored, key=lambda item: item[0])
+    split = best.metrics["split"]
+    text = (f"Chosen on validation accuracy ({validation:.2%}): {name}. On the {split} split, read once at the "
+            f"end, it scores {best.metrics['accuracy']:.2%}.")
+    small_name, small = min(zip(names, results), key=lambda item: run_summary(item[1])["trainable_parameters"] or 0)
+    best_size, small_size = run_summary(best)["trainable_parameters"], run_summary(small)["trainable_parameters"]
+    if small is not best and best_size and small_size:
+        gap = (best.metrics["accuracy"] - small.metrics["accuracy"]) * 100
+        text += (f" The smallest, {small_name} ({small_size:,} trainable parameters, {best_size / small_size:,.0f}x "
+                 f"fewer), scores {small.metrics['accuracy']:.2%} ({abs(gap):.2f} points "
+                 f"{'below' if gap >= 0 else 'above'}).")
+    return text
+
+
 def write_comparison_report(folder, results, names):
     """One row per model (parameters, FLOPs, accuracy, F1, seconds per epoch), curves, and
     each run's confusion matrix and activation grids."""
@@ -194,7 +215,11 @@ def write_comparison_report(folder, results, names):
         rows.append((name, result.config.model, _fmt("{:,}", s["trainable_parameters"]), _fmt("{:,}", s["flops_per_image"]),
                      _fmt("{}", s["epochs_trained"]), _fmt("{:.2f}", s["seconds_per_epoch"]),
                      _fmt("{:.4f}", s["accuracy"]), _fmt("{:.4f}", s["f1_macro"])))
-    blocks = [("h2", "Models side by side"), ("table", (header, rows)),
+    environment = results[0].metrics.get("environment") if results else None
+    blocks = [("p", comparison_conclusion(results, names)),
+              ("h2", "Where and on what"), ("table", (("setting", "value"), environment_rows(
+                  environment, results[0].metrics.get("split_sizes") if results else None))),
+              ("h2", "Models side by side"), ("table", (header, rows)),
               ("h2", "Curves"), *[("image", p) for p in _images(folder, "comparison_curves.png")]]
     for name in names:
         blocks += [("h2", name), *[("image", p) for p in _images(folder, f"{name}/plots/confusion_matrix.png")],
