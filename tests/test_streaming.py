@@ -43,6 +43,43 @@ def test_streamed_batches_equal_the_in_memory_ones(tmp_path):
                 np.testing.assert_allclose(x1.numpy(), x2.numpy(), atol=1e-6)
 
 
+def test_each_process_reads_only_its_part_of_every_batch(tmp_path, monkeypatch):
+    """Process 1 of 2 (4 devices in all): its training and validation batches are the second half of
+    the in-memory ones, cut before any file is read; the other half's files are never opened."""
+    import tensorflow as tf
+
+    from keras_resnet_lab.training import devices
+
+    folder = make_folder(tmp_path / "images", 24, 16)
+    options = dict(path=folder, batch_size=8, validation_split=0.25, augment=["crop", "flip"], seed=3,
+                   cache_dir=tmp_path / "cache")
+    decoded, streamed = (lab.load_dataset("image_folder", in_memory=mode, **options) for mode in (True, False))
+    read = []
+    decode = FileImages.decode
+
+    def counting_decode(self, path):
+        path = tf.numpy_function(lambda p: (read.append(p.decode()), p)[1], [path], tf.string, stateful=True)
+        return decode(self, path)
+
+    monkeypatch.setattr(FileImages, "decode", counting_decode)
+    monkeypatch.setattr(devices, "shards", lambda: 4)
+    monkeypatch.setattr(devices, "process_count", lambda: 2)
+    monkeypatch.setattr(devices, "process_index", lambda: 1)
+    mine = streamed.with_batches(devices.even_batches)
+    whole = decoded.with_batches(lambda dataset, training: dataset)
+    train = list(zip(whole.train, mine.train))
+    assert [len(y_part) for _, (_, y_part) in train] == [4, 4, 4, 4, 2]  # 36 images: 4 x 8, then 4 (4 devices share it)
+    for (x, y), (x_part, y_part) in train:
+        half = len(y) // 2
+        np.testing.assert_array_equal(y[half:].numpy(), y_part.numpy())
+        np.testing.assert_allclose(x[half:].numpy(), x_part.numpy(), atol=1e-6)
+    assert len(read) == 18 == len(set(read))  # this process's 18 of the 36 images, each read once
+    read.clear()
+    validation = list(mine.validation)  # 12 images: 8, then 4 (a multiple of 4 devices: no pads needed)
+    assert [len(labels) for _, labels, _ in validation] == [4, 2] and len(read) == 6
+    assert all(w.numpy().all() for _, _, w in validation)
+
+
 def test_auto_streams_only_what_exceeds_the_memory_budget(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "images", 10, 16)  # 22 decoded 16x16x3 images: 16,896 bytes
     monkeypatch.setenv("KERAS_RESNET_LAB_MEMORY_BUDGET", "16k")

@@ -1,6 +1,7 @@
 """`DatasetBundle`: the batched splits a model trains on, what they hold, and their identity."""
 
 import dataclasses
+import functools
 import hashlib
 from typing import Optional
 
@@ -64,6 +65,16 @@ class DatasetBundle:
         return assemble(self.name, self.arrays, self.class_names, self.preprocessing, batch_size, self.augment,
                         self.seed, self.source, self.options)
 
+    def with_batches(self, transform):
+        """The same data with `transform(dataset, training=...)` applied to the train and validation
+        batches: to the images of in-memory splits, to the file indices of streamed ones (before any
+        file is read). The test split is left as it is."""
+        if self.arrays is None:
+            return dataclasses.replace(self, train=transform(self.train, training=True),
+                                       validation=transform(self.validation, training=False))
+        return assemble(self.name, self.arrays, self.class_names, self.preprocessing, self.batch_size, self.augment,
+                        self.seed, self.source, self.options, transform=transform)
+
     def identity(self):
         """What the data is: name, options, preprocessing, split sizes and a hash of its content."""
         return {"name": self.name, "options": self.options, "preprocessing": self.preprocessing.to_dict(),
@@ -103,16 +114,24 @@ def carve_validation(x, y, fraction, seed):
     return (x_train, y_train), (x_val, y_val)
 
 
-def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source, options=None):
-    """A `DatasetBundle` of batched pipelines over in-memory `arrays` {split: (x, y)}."""
+def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source, options=None, transform=None):
+    """A `DatasetBundle` of batched pipelines over `arrays` {split: (x, y)} (x a uint8 array or
+    `FileImages`); `transform` as `DatasetBundle.with_batches` takes it."""
     augmenter = make_augmenter(augment)
     train_epoch = EpochCounter()
 
-    def make(x, y, **shuffled):
-        return (make_streaming_dataset if isinstance(x, FileImages) else make_dataset)(x, y, prep, batch_size, **shuffled)
+    def make(split, x, y):
+        shuffled = dict(shuffle_seed=seed, augmenter=augmenter, epoch=train_epoch) if split == "train" else {}
+        if transform is None or split == "test":
+            batches = None
+        else:
+            batches = functools.partial(transform, training=split == "train")
+        if isinstance(x, FileImages):
+            return make_streaming_dataset(x, y, prep, batch_size, batches=batches, **shuffled)
+        dataset = make_dataset(x, y, prep, batch_size, **shuffled)
+        return dataset if batches is None else batches(dataset)
 
-    splits = {split: make(x, y, shuffle_seed=seed, augmenter=augmenter, epoch=train_epoch) if split == "train"
-              else make(x, y) for split, (x, y) in arrays.items()}
+    splits = {split: make(split, x, y) for split, (x, y) in arrays.items()}
     return DatasetBundle(
         name=name, train=splits["train"], validation=splits.get("validation"), test=splits.get("test"),
         num_classes=len(class_names), class_names=list(class_names),

@@ -85,30 +85,58 @@ def memory_budget():
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_BUDGET_FRACTION)
 
 
-def make_streaming_dataset(files, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None):
-    """The batched pipeline over `files` (a `FileImages`): what `make_dataset` is for arrays."""
+def make_streaming_dataset(files, y, prep, batch_size, *, shuffle_seed=None, augmenter=None, epoch=None,
+                           batches=None):
+    """The batched pipeline over `files` (a `FileImages`): what `make_dataset` is for arrays.
+
+    `batches`, if given, transforms the batches of file indices before any file is read (it sees
+    (indices, labels) batches, or (indices, labels, augmentation seeds) when shuffled, and may drop,
+    pad (adding weights) or cut them): a process of a several-process run reads only its part of
+    each batch.
+    """
     paths, labels, count = tf.constant(files.paths), tf.constant(y, tf.int32), len(files)
+    image_spec = tf.TensorSpec((*files.image_size, files.channels), tf.uint8)
+    batches = batches or (lambda dataset: dataset)
 
-    def read(index):
-        return files.decode(tf.gather(paths, index)), tf.gather(labels, index)
+    def read(indices):
+        return tf.map_fn(files.decode, tf.gather(paths, indices), fn_output_signature=image_spec,
+                         parallel_iterations=16)
 
-    def finish(images, labels_, seed=None):
-        x = to_model_size(images, prep)
-        return standardize(augmenter(x, seed) if augmenter else x, prep), labels_
+    def augment(x, seeds):
+        """Augments the rows as they would be in the whole batch: a cut batch (this process's rows)
+        is placed at its offset in a batch of the whole size, so each image gets the same crop or
+        flip however the batch is shared out."""
+        offset, rows = seeds[0, 2], seeds[0, 3]
+        whole = tf.scatter_nd(offset + tf.range(tf.shape(x)[0], dtype=tf.int64)[:, None], x,
+                              tf.concat([[rows], tf.shape(x, tf.int64)[1:]], 0))
+        return augmenter(whole, seeds[0, :2])[offset:offset + tf.cast(tf.shape(x)[0], tf.int64)]
 
-    def read_all(order):
-        return tf.data.Dataset.from_tensor_slices(order).map(read, num_parallel_calls=tf.data.AUTOTUNE,
-                                                              deterministic=True).batch(batch_size)
+    def finish(indices, labels_, seeds=None, *weights):
+        x = to_model_size(read(indices), prep)
+        x = standardize(augment(x, seeds) if augmenter and seeds is not None else x, prep)
+        return (x, labels_, *weights)
+
+    def index_batches(order):
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(lambda i: (i, tf.gather(labels, i)))
 
     if shuffle_seed is None:
-        batches = read_all(tf.range(count, dtype=tf.int64)).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
-        return batches.prefetch(tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
+        indices = batches(index_batches(tf.range(count, dtype=tf.int64)))
+        read_unshuffled = (lambda i, l, *w: finish(i, l, None, *w))
+        return indices.map(read_unshuffled, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+            tf.data.AUTOTUNE).with_options(PIPELINE_OPTIONS)
     epoch = EpochCounter() if epoch is None else epoch
 
     def epoch_batches(order, batch_seed):
-        return read_all(order).enumerate().map(lambda number, batch: (*batch, tf.stack([batch_seed, number])))
+        def with_seed(number, batch):  # per row: the batch's seed pair, the row's place and the batch's size
+            indices, labels_ = batch
+            rows = tf.shape(indices, tf.int64)[0]
+            shared = tf.tile(tf.stack([batch_seed, number, 0, rows])[None], [rows, 1])
+            place = tf.pad(tf.range(rows, dtype=tf.int64)[:, None], [[0, 0], [2, 1]])  # into column 2
+            return indices, labels_, shared + place
 
-    batches = epoch_orders(count, shuffle_seed, epoch).flat_map(epoch_batches)
-    batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size)))
-    return batches.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(
+        return index_batches(order).enumerate().map(with_seed)
+
+    indices = epoch_orders(count, shuffle_seed, epoch).flat_map(epoch_batches)
+    indices = batches(indices.apply(tf.data.experimental.assert_cardinality(-(-count // batch_size))))
+    return indices.map(finish, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE).with_options(
         PIPELINE_OPTIONS)

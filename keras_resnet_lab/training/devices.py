@@ -153,14 +153,18 @@ def shards():
 
 def even_batches(dataset, *, training, own_part=True):
     """`dataset` with batches JAX can shard: full ones only (training), or padded with weight 0;
-    with several processes (and `own_part`), each process's part of every batch."""
+    with several processes (and `own_part`), each process's part of every batch.
+
+    Each element is a tuple of tensors batched along their first axis (images and labels, or a
+    streamed split's file indices, labels and augmentation seeds: then only this process's files
+    are read)."""
     count = shards()
     if count == 1 or dataset is None:
         return dataset
     import tensorflow as tf
 
     if training:
-        dataset = dataset.filter(lambda images, labels: tf.shape(images)[0] % count == 0)
+        dataset = dataset.filter(lambda first, *rest: tf.shape(first)[0] % count == 0)
     else:
         dataset = dataset.map(_padder(count))
     return _own_part(dataset) if own_part and process_count() > 1 else dataset
@@ -203,10 +207,10 @@ def _padder(count):
     def padded(tensor, extra):
         return tf.concat([tensor, tf.zeros(tf.concat([[extra], tf.shape(tensor)[1:]], 0), tensor.dtype)], 0)
 
-    def pad(images, labels):
-        size = tf.shape(images)[0]
+    def pad(*batch):
+        size = tf.shape(batch[0])[0]
         extra = (count - size % count) % count
         weights = tf.concat([tf.ones([size]), tf.zeros([extra])], 0)
-        return padded(images, extra), padded(labels, extra), weights
+        return (*(padded(tensor, extra) for tensor in batch), weights)
 
     return pad

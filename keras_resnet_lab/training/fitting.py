@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..models import build_model, freeze
 from .callbacks import LearningRateLogger, PinnedEpochs, ResumablePlateau, StepProgbar
 from .compiling import compile_model, dtype_policy
-from .devices import even_batches
+from .devices import even_batches, shards
 from .replicas import split_batches
 
 PLATEAU_PATIENCE = 3  # epochs without improvement before the "plateau" schedule multiplies the rate by step_gamma
@@ -147,14 +147,17 @@ def _splits(data, batch_size, config):
     one-hot labels under label smoothing."""
     if isinstance(data, tuple):
         (train_split, validation), num_classes, counter = data, None, None
-    else:
+        train_split, validation = even_batches(train_split, training=True), even_batches(validation, training=False)
+    else:  # a streamed split is cut into this process's part before its files are read
         rebatched = data.with_batch_size(batch_size)
+        if shards() > 1:
+            rebatched = rebatched.with_batches(even_batches)
         train_split, validation, num_classes = rebatched.train, rebatched.validation, data.num_classes
         counter = rebatched.train_epoch
     if config.label_smoothing:
         train_split = _one_hot(train_split, num_classes)
         validation = _one_hot(validation, num_classes) if validation is not None else None
-    return even_batches(train_split, training=True), even_batches(validation, training=False), counter
+    return train_split, validation, counter
 
 
 def _one_hot(dataset, num_classes):
@@ -162,4 +165,5 @@ def _one_hot(dataset, num_classes):
 
     if num_classes is None:
         raise ConfigError("label_smoothing needs the number of classes: pass the data as a DatasetBundle or arrays.")
-    return dataset.map(lambda images, labels: (images, tf.one_hot(tf.cast(labels, tf.int32), num_classes)))
+    return dataset.map(lambda images, labels, *weights: (images, tf.one_hot(tf.cast(labels, tf.int32), num_classes),
+                                                          *weights))
