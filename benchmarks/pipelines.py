@@ -30,6 +30,9 @@ CASES = [
     ("cats_vs_dogs 128 streamed / resnet18", "image_folder",
      {"path": "cats_vs_dogs.tar.gz", "image_size": (128, 128), "augment": ["crop", "flip"], "in_memory": False},
      "resnet18", {}, 32),
+    ("cats_vs_dogs 128 streamed, disk cache / resnet18", "image_folder",
+     {"path": "cats_vs_dogs.tar.gz", "image_size": (128, 128), "augment": ["crop", "flip"], "in_memory": False,
+      "stream_cache": True}, "resnet18", {}, 32),
 ]
 
 
@@ -72,17 +75,17 @@ def main(argv=None):
     parser.add_argument("--case", help="only the cases whose label contains this text, e.g. streamed")
     args = parser.parse_args(argv)
     steps, windows = (2, 1) if args.quick else (32, 3)
-    print(f"{'case':<36} {'pipeline img/s':>15} {'train step img/s':>17} {'ratio':>7}")
+    print(f"{'case':<50} {'pipeline img/s':>15} {'train step img/s':>17} {'ratio':>7}")
     cases = [case for case in CASES if args.case in case[0]] if args.case else CASES[:2] if args.quick else CASES
     for label, name, options, model, model_options, batch in cases:
         if name != "digits" and not args.data_dir:
-            print(f"{label:<36} skipped: pass --data-dir or set KERAS_RESNET_LAB_DATA")
+            print(f"{label:<50} skipped: pass --data-dir or set KERAS_RESNET_LAB_DATA")
             continue
         bundle = lab.load_dataset(name, data_dir=args.data_dir, batch_size=batch, **options)
         pipe = pipeline_rate(bundle.train, batch, steps * 4, windows)
         step_steps = max(2, steps // 8) if model.startswith("resnet") else steps
         step = training_rate(bundle, model, model_options, step_steps, windows)
-        print(f"{label:<36} {pipe:>15,.0f} {step:>17,.0f} {pipe / step:>6.1f}x", flush=True)
+        print(f"{label:<50} {pipe:>15,.0f} {step:>17,.0f} {pipe / step:>6.1f}x", flush=True)
 
 
 if __name__ == "__main__":

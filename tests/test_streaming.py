@@ -43,6 +43,30 @@ def test_streamed_batches_equal_the_in_memory_ones(tmp_path):
                 np.testing.assert_allclose(x1.numpy(), x2.numpy(), atol=1e-6)
 
 
+def test_a_disk_cache_decodes_once_and_gives_the_same_batches(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "images", 24, 16)
+    options = dict(path=folder, batch_size=8, validation_split=0.25, augment=["crop", "flip"], seed=3,
+                   cache_dir=tmp_path / "cache", in_memory=False)
+    streamed = lab.load_dataset("image_folder", **options)
+    cached = lab.load_dataset("image_folder", stream_cache=True, **options)
+    files = sorted((tmp_path / "cache" / "streamed").glob("*.u8"))
+    assert sorted(f.name.split("-")[1] for f in files) == ["48x16x16x3.u8", "4x16x16x3.u8"]  # train, test
+    assert cached.arrays["train"][0].cache is not None
+    for split in ("train", "validation", "test"):
+        for (x1, y1), (x2, y2) in zip(getattr(streamed, split), getattr(cached, split)):
+            np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+            np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+    stamps = [f.stat().st_mtime_ns for f in files]
+    monkeypatch.setattr(FileImages, "_write_cache", lambda *a: pytest.fail("decoded again"))
+    again = lab.load_dataset("image_folder", stream_cache=True, **options)
+    assert [f.stat().st_mtime_ns for f in files] == stamps and len(list(again.train)) == 5
+    os.utime(next((folder / "train" / "class0").iterdir()), ns=(1, 1))  # a file changed: a new cache
+    with pytest.raises(pytest.fail.Exception, match="decoded again"):
+        lab.load_dataset("image_folder", stream_cache=True, **options)
+    with pytest.raises(ConfigError, match="stream_cache must be True or False; received 'yes'"):
+        lab.load_dataset("image_folder", stream_cache="yes", **options)
+
+
 def test_each_process_reads_only_its_part_of_every_batch(tmp_path, monkeypatch):
     """Process 1 of 2 (4 devices in all): its training and validation batches are the second half of
     the in-memory ones, cut before any file is read; the other half's files are never opened."""

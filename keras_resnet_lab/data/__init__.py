@@ -29,8 +29,9 @@ def _subset_per_class(x, y, per_class, seed):
     return x[keep], y[keep]
 
 
-def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, in_memory):
-    folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file, in_memory=in_memory)
+def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, in_memory, stream_cache):
+    folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file, in_memory=in_memory,
+                          stream_cache=stream_cache)
     if name in ("mnist", "fashion_mnist"):
         return load_mnist_style(name, data_dir, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES, download)
     if name in ("cifar10", "cifar100"):
@@ -53,9 +54,11 @@ def _resolve_path(path, data_dir):
     return path
 
 
-def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory):
+def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory, stream_cache):
     if in_memory not in ("auto", True, False):
         raise ConfigError(f"in_memory must be 'auto', True or False; received {in_memory!r}.")
+    if not isinstance(stream_cache, bool):
+        raise ConfigError(f"stream_cache must be True or False; received {stream_cache!r}.")
     if name not in DATASETS:
         raise ConfigError(choices_message("dataset", name, DATASETS))
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -88,6 +91,7 @@ def load_dataset(
     on_bad_file="warn",
     download=True,
     in_memory="auto",
+    stream_cache=False,
 ):
     """Loads a dataset as batched tf.data pipelines with the transforms the seeds need.
 
@@ -119,6 +123,9 @@ def load_dataset(
             training reads them, with only the batches in flight in memory; "auto" (default)
             streams when the decoded images would exceed `$KERAS_RESNET_LAB_MEMORY_BUDGET`
             (bytes, e.g. 8G; default a quarter of the machine's memory).
+        stream_cache: for streamed folders: decode every image once into one uncompressed file
+            under `cache_dir` (keyed on the files' paths, sizes and times) and read batches from
+            it, instead of decoding each file every epoch. Needs disk for the decoded pixels.
 
     Returns:
         A `DatasetBundle`.
@@ -129,9 +136,10 @@ def load_dataset(
         {'train': 54000, 'validation': 6000, 'test': 10000}
     """
     image_size = tuple(image_size) if image_size is not None else None
-    _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory)
+    _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in_memory, stream_cache)
     decode_size = image_size if name == "image_folder" or not pad else None
-    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, in_memory).check()
+    raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, in_memory,
+                    stream_cache).check()
     if in_memory is False and not isinstance(raw.x_train, FileImages):
         raise ConfigError(f"in_memory=False streams image folders and archives; {name} was read from "
                           f"{raw.source}, one array file that is loaded whole. Use in_memory='auto' or True.")

@@ -249,12 +249,14 @@ def load_cifar(dataset, data_dir, download, image_folder_options):
 
 # ---------------------------------------------------------------- image folders and archives
 
-def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="warn", mode="RGB", in_memory="auto"):
+def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="warn", mode="RGB", in_memory="auto",
+                      stream_cache=False):
     """Reads `<split>/<class>/<image>` files from a folder or a .tar/.tar.gz/.zip archive of one.
 
     `in_memory`: True decodes every image up front (cached by content); False streams them from
     their files as training reads them (`streaming.FileImages`); "auto" decodes up front when the
     decoded pixels fit the memory budget (`streaming.memory_budget`), else streams.
+    `stream_cache`: a streamed folder is decoded once into a file in `cache_dir` and read from it.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -264,7 +266,7 @@ def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="war
     folder = extract_archive(path, cache_dir) if is_archive(path) else path
     root = find_split_root(folder)
     if in_memory is not True:
-        streamed = _streamed(root, image_size, mode, in_memory, str(path))
+        streamed = _streamed(root, image_size, mode, in_memory, str(path), cache_dir if stream_cache else None)
         if streamed is not None:
             return streamed
     options = dict(image_size=image_size, mode=mode, cache_dir=cache_dir, on_bad_file=on_bad_file)
@@ -273,8 +275,9 @@ def load_image_folder(path, *, image_size=None, cache_dir=None, on_bad_file="war
     return RawData(x_train, y_train, x_test, y_test, class_names, str(path))
 
 
-def _streamed(root, image_size, mode, in_memory, source):
-    """The folder as `FileImages` splits, unless "auto" finds its decoded pixels fit in memory."""
+def _streamed(root, image_size, mode, in_memory, source, disk_cache=None):
+    """The folder as `FileImages` splits, unless "auto" finds its decoded pixels fit in memory;
+    decoded once into `disk_cache` if given."""
     from .streaming import FileImages, memory_budget
 
     _, train_paths, y_train, class_names = split_files(root, "train")
@@ -283,8 +286,10 @@ def _streamed(root, image_size, mode, in_memory, source):
     channels = 1 if mode == "L" else 3
     if in_memory == "auto" and (len(train_paths) + len(test_paths)) * size[0] * size[1] * channels <= memory_budget():
         return None
-    return RawData(FileImages(train_paths, size, channels), y_train, FileImages(test_paths, size, channels), y_test,
-                   class_names, source)
+    train, test = FileImages(train_paths, size, channels), FileImages(test_paths, size, channels)
+    if disk_cache is not None:
+        train, test = train.with_disk_cache(disk_cache), test.with_disk_cache(disk_cache)
+    return RawData(train, y_train, test, y_test, class_names, source)
 
 
 # ---------------------------------------------------------------- scikit-learn digits

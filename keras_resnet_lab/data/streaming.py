@@ -9,11 +9,14 @@ in memory, whatever the folder's size.
 """
 
 import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from ..errors import ConfigError
+from ..files import atomic_path
 from .images import files_key
 from .pipeline import PIPELINE_OPTIONS, EpochCounter, epoch_orders, standardize, to_model_size
 
@@ -22,15 +25,21 @@ DEFAULT_BUDGET_FRACTION = 0.25  # of the machine's memory
 
 
 class FileImages:
-    """The images of one split as files: decoded to uint8 (height, width, channels) when read."""
+    """The images of one split as files: decoded to uint8 (height, width, channels) when read.
+
+    With a disk cache (`with_disk_cache`), the files were decoded once into one uncompressed file
+    that batches are then copied from (`rows` are this split's rows in it).
+    """
 
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, paths, image_size, channels):
+    def __init__(self, paths, image_size, channels, cache=None, rows=None):
         self.paths = np.asarray([str(p) for p in paths])
         self.image_size = tuple(int(s) for s in image_size)
         self.channels = int(channels)
+        self.cache = cache  # a read-only np.memmap of decoded images, or None
+        self.rows = np.arange(len(self.paths)) if rows is None else np.asarray(rows)
 
     @property
     def shape(self):
@@ -42,7 +51,36 @@ class FileImages:
     def __getitem__(self, index):
         if isinstance(index, (int, np.integer)):
             return self.decode_files(self.paths[index:index + 1 or None])[0]
-        return FileImages(self.paths[index], self.image_size, self.channels)
+        return FileImages(self.paths[index], self.image_size, self.channels, self.cache, self.rows[index])
+
+    def with_disk_cache(self, cache_dir):
+        """These images decoded once (in parallel, with a progress bar) into an uncompressed file
+        under `cache_dir/streamed/`, named by the files' paths, sizes and modification times, and
+        written under a temporary name then renamed; later runs map the file instead of decoding."""
+        height, width = self.image_size
+        name = f"{self.content_key().split(':')[1][:32]}-{len(self)}x{height}x{width}x{self.channels}.u8"
+        target = Path(cache_dir) / "streamed" / name
+        if not target.is_file():
+            self._write_cache(target)
+        return FileImages(self.paths, self.image_size, self.channels,
+                          np.memmap(target, np.uint8, "r", shape=self.shape), None)
+
+    def _write_cache(self, target):
+        from keras.utils import Progbar
+
+        print(f"Decoding {len(self):,} images into {target} (once; later epochs and runs read it)")
+        progress = Progbar(len(self), unit_name="image", verbose=1 if sys.stdout.isatty() else 2)
+        decoded = tf.data.Dataset.from_tensor_slices(self.paths).map(
+            self.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(256)
+        with atomic_path(target) as tmp:
+            array = np.memmap(tmp, np.uint8, "w+", shape=self.shape)
+            done = 0
+            for batch in decoded.as_numpy_iterator():
+                array[done:done + len(batch)] = batch
+                done += len(batch)
+                progress.update(done)
+            array.flush()
+            del array
 
     def __array__(self, dtype=None, copy=None):
         return self.decode_files(self.paths).astype(dtype or np.uint8)
@@ -99,6 +137,9 @@ def make_streaming_dataset(files, y, prep, batch_size, *, shuffle_seed=None, aug
     batches = batches or (lambda dataset: dataset)
 
     def read(indices):
+        if files.cache is not None:  # decoded once: copy the rows
+            images = tf.numpy_function(lambda i: files.cache[files.rows[i]], [indices], tf.uint8, stateful=False)
+            return tf.ensure_shape(images, (None, *image_spec.shape))
         return tf.map_fn(files.decode, tf.gather(paths, indices), fn_output_signature=image_spec,
                          parallel_iterations=16)
 
