@@ -167,7 +167,8 @@ def plot_activations(model, image, layers=None, path=None, max_maps=16, per="sta
         image: one preprocessed image (H, W, C) as the model receives it.
         layers: layer names; default the stem and each stage's last block (`per="block"`: every
             block).
-        path: a folder; one PNG per layer, `activations_<layer>.png`. Returns the paths.
+        path: a folder; one PNG per layer, `activations_<NN>_<layer>.png`, numbered in network
+            order (so that a sorted listing, and the report, follow the network). Returns the paths.
     """
     import keras
 
@@ -184,9 +185,9 @@ def plot_activations(model, image, layers=None, path=None, max_maps=16, per="sta
     outputs = probe(np.asarray(image, np.float32)[None], training=False)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     paths = []
-    for name, output in zip(layers, outputs):
+    for number, (name, output) in enumerate(zip(layers, outputs), start=1):
         figure = activation_figure(name, keras.ops.convert_to_numpy(output)[0], image, max_maps)
-        paths.append(save_figure(figure, Path(path or ".") / f"activations_{name}.png"))
+        paths.append(save_figure(figure, Path(path or ".") / f"activations_{number:02d}_{name}.png"))
     return paths
 
 

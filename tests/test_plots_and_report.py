@@ -32,7 +32,7 @@ def test_a_run_writes_every_figure_and_a_report(run):
     for name in ("curves.png", "confusion_matrix.png", "samples.png", "mistakes.png"):
         assert_real_image(plots / name)
     grids = sorted(p.name for p in (plots / "activations").glob("*.png"))
-    assert grids == ["activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
+    assert grids == ["activations_01_stage1_block1_out.png", "activations_02_stage2_block1_out.png"]
     markdown = (run.run_dir / "report.md").read_text()
     assert "Metrics (test split)" in markdown and "| accuracy |" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
     assert "mnist_resnet reached " in markdown and "after 1 epoch;" in markdown and "commonest mistake is '" in markdown  # the generated conclusion
@@ -53,7 +53,9 @@ def test_activation_layers_follow_the_zoo_names():
 def test_activation_grid_per_stage_and_unknown_layer(tmp_path):
     model = lab.build_model("cifar_resnet20", input_shape=(16, 16, 3), num_classes=10)
     paths = plot_activations(model, np.random.default_rng(0).random((16, 16, 3)), path=tmp_path)
-    assert len(paths) == 4  # the stem and three stages
+    assert [p.name for p in paths] == ["activations_01_stem_act.png", "activations_02_stage1_block3_out.png",
+                                       "activations_03_stage2_block3_out.png", "activations_04_stage3_block3_out.png"]
+    assert sorted(paths) == paths  # numbered in network order: the stem first, as the report shows them
     for path in paths:
         assert_real_image(path)
     with pytest.raises(ValueError, match="no layer.*nope"):
@@ -71,7 +73,7 @@ def test_visualize_cli_writes_one_grid_per_stage(run, tmp_path, capsys):
     Image.fromarray(digit).resize((28, 28)).save(tmp_path / "digit.png")  # another size: converted
     assert main(["visualize", "activations", str(run.run_dir), str(tmp_path / "digit.png"), "--out", str(tmp_path / "grids")]) == 0
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == [
-        "activations_stage1_block1_out.png", "activations_stage2_block1_out.png"]
+        "activations_01_stage1_block1_out.png", "activations_02_stage2_block1_out.png"]
 
 
 def test_importing_the_package_leaves_the_matplotlib_backend_alone():
