@@ -35,7 +35,7 @@ _LAZY = {
     "print_parameter_summary": ".models", "portable_copy": ".models", "save_torchvision_weights": ".models",
     "DatasetBundle": ".data", "load_dataset": ".data",
     "train": ".training.train", "TrainResult": ".training.train",
-    "compare": ".training.compare", "configs_for": ".training.compare",
+    "compare": ".training.compare", "configs_for": ".training.compare", "reproduce": ".training.reproduce",
     "configure_cpu_replicas": ".training.replicas",
     "export": ".export", "load_exported": ".export",
     "tune": ".tuning", "TuneConfig": ".tuning", "TuneResult": ".tuning",

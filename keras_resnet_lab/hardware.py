@@ -59,10 +59,13 @@ def environment(backend=None, devices=None):
         except metadata.PackageNotFoundError:
             return None
 
+    from . import __version__
+
     info = cpu_info()
-    packages = ("keras-resnet-lab", "keras", "tensorflow", "jax", "numpy")
+    versions = {"keras-resnet-lab": __version__}
+    versions.update({p: version(p) for p in ("keras", "tensorflow", "jax", "numpy") if version(p)})
     return {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "python": platform.python_version(), "versions": {p: version(p) for p in packages if version(p)},
+            "python": platform.python_version(), "versions": versions,
             "backend": backend, "cpu": info["model"], "cores": info["cores"], "cpu_family": cpu_family(info),
             "isa": info["isa"], "devices": devices}
 

@@ -45,7 +45,7 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
     runs = plan(["seed004-mnist-lenet", "seed004-mnist-resnet"], seeds=3, run_dir=tmp_path)
     for run, accuracy in zip(runs, (0.990, 0.992, 0.976, 0.991, 0.993, 0.992)):  # lenet's seed 2 below 97.7%
         fake_run(run, accuracy, 107_786 if run.recipe == "seed004-mnist-lenet" else 126_346)
-    report = write_reproduction_report(tmp_path, runs)
+    report = write_reproduction_report(tmp_path, [(run, finished_metrics(run)) for run in runs])
     text = report.read_text()
     assert "2 experiments measured; 1 of the 2 with a report's figure beat it on every random seed; " \
            "not on every seed: seed004-mnist-lenet (above on the mean only)." in text

@@ -33,6 +33,7 @@ class Recipe:
         return TrainConfig.from_dict({**self.settings, "recipe": self.name, **overrides})
 
 
+NEEDS = {"gpu": "a GPU (too long for a 2-core CPU)", "weights": "the ImageNet checkpoint (downloaded once)"}
 OFFLINE = "not measurable here: the ImageNet checkpoint cannot be downloaded on these offline machines"
 MNIST_FAST = dict(optimizer="adam", schedule="onecycle", batch_size=128, validation_split=0.1)
 

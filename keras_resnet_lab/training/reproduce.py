@@ -16,10 +16,10 @@ from pathlib import Path
 from ..errors import ConfigError
 from .config import RESUME_NEUTRAL
 from .recipes import RECIPES, get_recipe
+from .reproduce_report import write_reproduction_report
 from .run_folder import CONFIG, METRICS, STATE
 
 LONG_MINUTES = 15  # recipes longer than this run `long_seeds` seeds, the others `seeds`
-NEEDS = {"gpu": "a GPU (too long for a 2-core CPU)", "weights": "the ImageNet checkpoint (downloaded once)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +101,8 @@ def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", dat
             failed.append(run)
             print(f"{label} failed (exit {code}); what it trained is kept in {run.folder}: "
                   "run the same reproduce command again to resume it.", flush=True)
-    from .reproduce_report import write_reproduction_report
-
-    report = write_reproduction_report(run_dir, runs)
+    finished = [(run, metrics) for run in runs if (metrics := finished_metrics(run)) is not None]
+    report = write_reproduction_report(run_dir, finished)
     if failed:
         names = ", ".join(f"{r.recipe} seed {r.seed}" for r in failed)
         raise ConfigError(f"{len(failed)} of {len(runs)} runs did not finish ({names}); the report in {report} "

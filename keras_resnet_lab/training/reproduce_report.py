@@ -8,9 +8,8 @@ from pathlib import Path
 
 from ..files import write_text_atomic
 from ..plots import plot_seed_accuracies
-from .recipes import RECIPES, get_recipe
+from .recipes import NEEDS, RECIPES, get_recipe
 from .report import _write, environment_rows
-from .reproduce import NEEDS, finished_metrics
 from .run_folder import STATE
 
 # The seed reports' questions: (heading, the recipes that answer it, how the numbers are read).
@@ -130,15 +129,14 @@ def _conclusion(rows):
     return text + "."
 
 
-def write_reproduction_report(run_dir, runs):
-    """`report.md`, `report.html` and `reproduce.json` in `run_dir` from the finished runs of `runs`."""
+def write_reproduction_report(run_dir, finished_runs):
+    """`report.md`, `report.html` and `reproduce.json` in `run_dir` from `finished_runs`, a list of
+    (planned run, its metrics.json) in plan order."""
     folder = Path(run_dir)
     finished = {}
-    for run in runs:
-        metrics = finished_metrics(run)
-        if metrics is not None:
-            finished.setdefault(run.recipe, []).append((run, metrics))
-    rows = [summarize(name, finished[name]) for name in dict.fromkeys(run.recipe for run in runs) if name in finished]
+    for run, metrics in finished_runs:
+        finished.setdefault(run.recipe, []).append((run, metrics))
+    rows = [summarize(name, runs) for name, runs in finished.items()]
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "reproduce.json", json.dumps(rows, indent=1))
     if not rows:
