@@ -27,7 +27,7 @@ from .errors import ConfigError, DataError, LabError, TrainingDiverged  # noqa: 
 from .training.config import Phase, TrainConfig  # noqa: E402
 from .training.recipes import get_recipe, list_recipes  # noqa: E402
 
-__version__ = "0.2.0"
+from .version import __version__  # noqa: E402
 
 # name -> module that defines it, imported on first access.
 _LAZY = {

@@ -16,6 +16,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from .version import __version__
+
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 # The ISA flags that decide which kernels run (names as /proc/cpuinfo writes them).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -58,8 +60,6 @@ def environment(backend=None, devices=None):
             return metadata.version(package)
         except metadata.PackageNotFoundError:
             return None
-
-    from . import __version__
 
     info = cpu_info()
     versions = {"keras-resnet-lab": __version__}
