@@ -170,3 +170,61 @@ def test_peak_memory_does_not_grow_with_a_streamed_folder(tmp_path):
     print(result)
     assert result["streamed"] == "FileImages" and result["decoded_mb"] > 4 * 16  # several times the budget
     assert result["growth_mb"] < result["decoded_mb"] / 3
+
+
+def tiny_tfds(data_dir, file_format="array_record"):
+    """A two-class tensorflow-datasets dataset of images of several sizes, prepared offline."""
+    import tensorflow_datasets as tfds
+
+    class TinyShapes(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # read back from its files
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(None, None, 3)),
+                                                   "label": tfds.features.ClassLabel(names=["round", "square"])})
+            return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(40, 0), "test": self._generate_examples(8, 1)}
+
+        def _generate_examples(self, count, seed):
+            rng = np.random.default_rng(seed)
+            for index in range(count):
+                size = 10 + index % 5
+                yield index, {"image": rng.integers(0, 255, (size, size + 2, 3), dtype=np.uint8), "label": index % 2}
+
+    TinyShapes(data_dir=str(data_dir), file_format=file_format).download_and_prepare()
+    return data_dir
+
+
+def test_a_tfds_dataset_streams_its_records_as_a_folder_does(tmp_path):
+    from keras_resnet_lab.data.streaming import RecordImages
+
+    data_dir = tiny_tfds(tmp_path / "tfds")
+    options = dict(data_dir=data_dir, image_size=(12, 12), batch_size=8, validation_split=0.25, augment=["crop", "flip"],
+                   seed=3, cache_dir=tmp_path / "cache")
+    decoded, streamed = (lab.load_dataset("tfds:tiny_shapes", in_memory=mode, **options) for mode in (True, False))
+    cached = lab.load_dataset("tfds:tiny_shapes", in_memory=False, stream_cache=True, **options)
+    assert isinstance(streamed.arrays["train"][0], RecordImages) and isinstance(decoded.arrays["train"][0], np.ndarray)
+    assert streamed.num_examples == {"train": 30, "validation": 10, "test": 8}
+    assert streamed.class_names == ["round", "square"] and streamed.input_shape == (12, 12, 3)
+    for split in ("train", "validation", "test"):
+        for (x1, y1), (x2, y2), (x3, y3) in zip(getattr(decoded, split), getattr(streamed, split), getattr(cached, split)):
+            np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+            np.testing.assert_array_equal(y1.numpy(), y3.numpy())
+            np.testing.assert_allclose(x1.numpy(), x2.numpy(), atol=1e-6)
+            np.testing.assert_allclose(x2.numpy(), x3.numpy(), atol=1e-6)
+    assert streamed.identity() == lab.load_dataset("tfds:tiny_shapes", in_memory=False, **options).identity()
+    with pytest.raises(ConfigError, match="differ in size: pass image_size"):
+        lab.load_dataset("tfds:tiny_shapes", data_dir=data_dir, in_memory=False)
+    with pytest.raises(ConfigError, match="no dataset 'tiny_shapez'"):
+        lab.load_dataset("tfds:tiny_shapez", data_dir=data_dir, download=False)
+
+
+def test_a_tfrecord_tfds_dataset_loads_in_memory_and_names_the_conversion_for_streaming(tmp_path):
+    data_dir = tiny_tfds(tmp_path / "tfds", file_format="tfrecord")
+    bundle = lab.load_dataset("tfds:tiny_shapes", data_dir=data_dir, image_size=(12, 12), in_memory="auto")
+    assert bundle.arrays["train"][0].shape == (40, 12, 12, 3) and sorted(bundle.arrays["test"][1]) == [0] * 4 + [1] * 4
+    with pytest.raises(ConfigError, match="stored as tfrecord.*tfds convert_format --dataset_dir .*tiny_shapes.*"
+                                          "--out_file_format array_record"):
+        lab.load_dataset("tfds:tiny_shapes", data_dir=data_dir, image_size=(12, 12), in_memory=False)

@@ -11,15 +11,18 @@ import numpy as np
 from ..errors import ConfigError, DataError, choices_message
 from .bundle import DatasetBundle, assemble, carve_validation
 from .pipeline import Preprocessing, parse_augment, standardization
-from .streaming import FileImages
+from .streaming import StreamedImages
 from .user import as_bundle
+from .archives import default_cache_dir
 from .sources import (
-    CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, search_dirs,
+    CIFAR10_CLASSES, DATA_ENV, load_cifar, load_digits, load_image_folder, load_mnist_style, load_tfds_named,
+    search_dirs,
 )
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "digits", "image_folder")
+TFDS_PREFIX = "tfds:"  # "tfds:NAME": any image classification dataset of tensorflow-datasets
 
 
 def _subset_per_class(x, y, per_class, seed):
@@ -32,6 +35,10 @@ def _subset_per_class(x, y, per_class, seed):
 def _read_raw(name, data_dir, path, image_size, cache_dir, on_bad_file, download, in_memory, stream_cache):
     folder_options = dict(image_size=image_size, cache_dir=cache_dir, on_bad_file=on_bad_file, in_memory=in_memory,
                           stream_cache=stream_cache)
+    if name.startswith(TFDS_PREFIX):
+        return load_tfds_named(name[len(TFDS_PREFIX):], data_dir, image_size=image_size, in_memory=in_memory,
+                               stream_cache=stream_cache, cache_dir=cache_dir or default_cache_dir(),
+                               download=download)
     if name in ("mnist", "fashion_mnist"):
         return load_mnist_style(name, data_dir, MNIST_CLASSES if name == "mnist" else FASHION_CLASSES, download)
     if name in ("cifar10", "cifar100"):
@@ -59,8 +66,8 @@ def _check_settings(name, batch_size, channels, pad, on_bad_file, image_size, in
         raise ConfigError(f"in_memory must be 'auto', True or False; received {in_memory!r}.")
     if not isinstance(stream_cache, bool):
         raise ConfigError(f"stream_cache must be True or False; received {stream_cache!r}.")
-    if name not in DATASETS:
-        raise ConfigError(choices_message("dataset", name, DATASETS))
+    if name not in DATASETS and not (isinstance(name, str) and name.startswith(TFDS_PREFIX) and len(name) > 5):
+        raise ConfigError(choices_message("dataset", name, (*DATASETS, "tfds:NAME")))
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer; received {batch_size!r}.")
     if channels not in (None, 1, 3):
@@ -97,7 +104,9 @@ def load_dataset(
 
     Args:
         name: "mnist", "fashion_mnist", "cifar10", "cifar100", "digits" (scikit-learn's 8x8
-            digits, split 80/20 with a fixed seed) or "image_folder" (with `path=`).
+            digits, split 80/20 with a fixed seed), "image_folder" (with `path=`) or "tfds:NAME"
+            (any image classification dataset of tensorflow-datasets, e.g. "tfds:cats_vs_dogs";
+            a prepared copy under `data_dir` is used, else TFDS's folder, else it is downloaded).
         data_dir: a folder holding the standard files (mnist.npz or IDX .gz files; the official
             CIFAR archive or batches folder, or an image-folder archive such as
             cifar10-jpeg.tar.gz). Defaults to `$KERAS_RESNET_LAB_DATA`; with neither, and no
@@ -118,7 +127,8 @@ def load_dataset(
         cache_dir: where archives are extracted and decoded images cached.
         on_bad_file: "warn" (skip unreadable images, naming them) or "error".
         download: allow tensorflow-datasets to download when no local copy exists.
-        in_memory: for image folders and archives (cats vs dogs, CIFAR as JPEGs): True decodes
+        in_memory: for image folders and archives (cats vs dogs, CIFAR as JPEGs) and "tfds:"
+            datasets stored as ArrayRecord: True decodes
             every image up front (cached by content); False streams them from their files as
             training reads them, with only the batches in flight in memory; "auto" (default)
             streams when the decoded images would exceed `$KERAS_RESNET_LAB_MEMORY_BUDGET`
@@ -140,7 +150,7 @@ def load_dataset(
     decode_size = image_size if name == "image_folder" or not pad else None
     raw = _read_raw(name, data_dir, path, decode_size, cache_dir, on_bad_file, download, in_memory,
                     stream_cache).check()
-    if in_memory is False and not isinstance(raw.x_train, FileImages):
+    if in_memory is False and not isinstance(raw.x_train, StreamedImages):
         raise ConfigError(f"in_memory=False streams image folders and archives; {name} was read from "
                           f"{raw.source}, one array file that is loaded whole. Use in_memory='auto' or True.")
     x_train, y_train = raw.x_train, raw.y_train

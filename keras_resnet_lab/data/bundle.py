@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from ..errors import ConfigError, DataError
 from .pipeline import EpochCounter, Preprocessing, make_augmenter, make_dataset
-from .streaming import FileImages, make_streaming_dataset
+from .streaming import StreamedImages, make_streaming_dataset
 
 
 @dataclasses.dataclass
@@ -88,7 +88,7 @@ class DatasetBundle:
         digest = hashlib.sha256()
         for split in sorted(self.arrays):
             for array in self.arrays[split]:
-                if isinstance(array, FileImages):  # streamed from files: keyed on the files, not decoded
+                if isinstance(array, StreamedImages):  # streamed: keyed on its files or records, not decoded
                     digest.update(f"{split}{array.content_key()}".encode())
                     continue
                 array = np.ascontiguousarray(array)
@@ -116,7 +116,7 @@ def carve_validation(x, y, fraction, seed):
 
 def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source, options=None, transform=None):
     """A `DatasetBundle` of batched pipelines over `arrays` {split: (x, y)} (x a uint8 array or
-    `FileImages`); `transform` as `DatasetBundle.with_batches` takes it."""
+    `StreamedImages`); `transform` as `DatasetBundle.with_batches` takes it."""
     augmenter = make_augmenter(augment)
     train_epoch = EpochCounter()
 
@@ -126,7 +126,7 @@ def assemble(name, arrays, class_names, prep, batch_size, augment, seed, source,
             batches = None
         else:
             batches = functools.partial(transform, training=split == "train")
-        if isinstance(x, FileImages):
+        if isinstance(x, StreamedImages):
             return make_streaming_dataset(x, y, prep, batch_size, batches=batches, **shuffled)
         dataset = make_dataset(x, y, prep, batch_size, **shuffled)
         return dataset if batches is None else batches(dataset)

@@ -6,7 +6,9 @@ pipeline never needs to know which file format it came from.
 
 import codecs
 import dataclasses
+import functools
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -17,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
+from ..files import atomic_path
 
 try:
     from numpy._core.multiarray import _reconstruct
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import _reconstruct
 from .archives import check_archive_type, default_cache_dir, extract_archive, is_archive
-from .images import image_size_of, split_files, find_split_root, load_split
+from .images import files_key, image_size_of, split_files, find_split_root, load_split
 
 DATA_ENV = "KERAS_RESNET_LAB_DATA"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -344,3 +347,92 @@ def load_tfds(dataset, dirs, looked_for, download):
     train, test = tfds.as_numpy(builder.as_dataset(split=["train", "test"], batch_size=-1, as_supervised=True))
     names = builder.info.features["label"].names
     return RawData(train[0], train[1].astype(np.int64), test[0], test[1].astype(np.int64), names, f"tfds:{dataset}")
+
+
+def load_tfds_named(name, data_dir, *, image_size=None, in_memory="auto", stream_cache=False, cache_dir=None,
+                    download=True):
+    """`tfds:NAME`: any image classification dataset of tensorflow-datasets (features "image" and
+    "label", splits "train" and "test"), from a prepared copy under `data_dir` (or TFDS's own
+    folder), else downloaded and prepared there.
+
+    Stored as ArrayRecord, its records are read by number: streamed like an image folder when
+    `in_memory` says so (then `stream_cache` works as for folders), else decoded into arrays.
+    Stored as TFRecord (TFDS's default), only the sequential reader exists: it is decoded into
+    arrays, and streaming it is refused with the command that converts it.
+    """
+    import tensorflow_datasets as tfds
+
+    from .streaming import RecordImages, memory_budget
+
+    dirs = search_dirs(data_dir)
+    prepared = [d for d in dirs if (d / name).is_dir()]
+    try:
+        builder = tfds.builder(name, data_dir=str(prepared[0]) if prepared else None)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError(f"tensorflow-datasets has no dataset {name!r} (and no prepared copy under "
+                          f"{', '.join(str(d) for d in dirs) or 'a data_dir'}); see "
+                          "https://www.tensorflow.org/datasets/catalog for the names.") from None
+    if not builder.is_prepared():
+        if not download or not _online():
+            raise _offline_error(f"tfds:{name}", dirs, [f"{name}/<version>/ (a prepared TFDS copy)"],
+                                 "downloading is turned off (download=False)" if not download
+                                 else "tensorflow-datasets cannot download it (offline)")
+        builder.download_and_prepare()
+    features, splits = builder.info.features, builder.info.splits
+    if not {"image", "label"} <= set(features.keys()) or not {"train", "test"} <= set(splits.keys()):
+        raise DataError(f"tfds:{name} needs features 'image' and 'label' and splits 'train' and 'test'; it has "
+                        f"features {sorted(features.keys())} and splits {sorted(splits.keys())}.")
+    height, width, channels = features["image"].shape
+    if image_size is None and None in (height, width):
+        raise ConfigError(f"The images of tfds:{name} differ in size: pass image_size=(height, width).")
+    size = tuple(image_size or (height, width))
+    counts = {split: splits[split].num_examples for split in ("train", "test")}
+    stream = in_memory is False or (in_memory == "auto" and sum(counts.values()) * size[0] * size[1] * channels
+                                    > memory_budget())
+    random_access = builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+    if stream and not random_access:
+        raise ConfigError(f"tfds:{name} is stored as {builder.info.file_format.value}, which is read only in order; "
+                          f"streaming reads images by number. Convert it once (tfds convert_format --dataset_dir "
+                          f"{builder.data_dir} --out_file_format array_record) or use in_memory=True.")
+    identity = f"{name}:{builder.info.version}:" + files_key(sorted(Path(builder.data_dir).iterdir()), str(size))
+    arrays = []
+    for split in ("train", "test"):
+        if random_access:
+            images = RecordImages(functools.partial(builder.as_data_source, split), f"{identity}:{split}",
+                                  np.arange(counts[split]), size, channels)
+            labels = _record_labels(builder, split, images, cache_dir)
+            if stream and stream_cache:
+                images = images.with_disk_cache(cache_dir)
+            arrays += [images if stream else np.asarray(images), labels]
+        else:
+            arrays += _sequential_arrays(builder, split, size)
+    return RawData(*arrays, list(features["label"].names), f"tfds:{name} ({builder.data_dir})")
+
+
+def _record_labels(builder, split, images, cache_dir):
+    """Every label of a record split, read without decoding images; kept in `cache_dir` by content."""
+    import tensorflow_datasets as tfds
+
+    path = Path(cache_dir) / "streamed" / f"{hashlib.sha256(images.content_key().encode()).hexdigest()[:32]}-labels.npy"
+    if path.is_file():
+        return np.load(path)
+    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    chunks = [range(start, min(start + 4096, len(source))) for start in range(0, len(source), 4096)]
+    labels = np.asarray([record["label"] for chunk in chunks for record in source.__getitems__(list(chunk))], np.int64)
+    with atomic_path(path) as tmp:
+        np.save(tmp, labels)
+    return labels
+
+
+def _sequential_arrays(builder, split, size):
+    """(images, labels) of a TFRecord split, decoded in order and resized to `size`."""
+    import tensorflow as tf
+
+    dataset = builder.as_dataset(split=split, as_supervised=True).map(
+        lambda image, label: (tf.cast(tf.clip_by_value(tf.round(tf.image.resize(image, size, antialias=True)), 0, 255),
+                                      tf.uint8), label), num_parallel_calls=tf.data.AUTOTUNE)
+    images, labels = [], []
+    for x, y in dataset.batch(1024).as_numpy_iterator():
+        images.append(x)
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
