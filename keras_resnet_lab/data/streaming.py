@@ -1,11 +1,13 @@
-"""Image folders larger than memory: read from their files as training goes, not decoded up front.
+"""Datasets larger than memory: read from their files or records as training goes, not decoded up front.
 
-`FileImages` stands where a split's uint8 array would stand (it has the array's `shape`, `dtype`
-and `len`, and indexing picks files), so splitting, subsets and the data checks treat both alike.
-Its pipeline lists the files, shuffles their *indices* for each epoch (a full permutation by
-(seed, epoch), as the in-memory pipeline does, with no buffer of images), then reads, decodes
-and resizes them in parallel, batches, augments and standardizes. Only the batches in flight are
-in memory, whatever the folder's size.
+`StreamedImages` stands where a split's uint8 array would stand (it has the array's `shape`, `dtype`
+and `len`, and indexing picks images), so splitting, subsets and the data checks treat both alike;
+`FileImages` reads image files, `RecordImages` the records of a tensorflow-datasets ArrayRecord
+split. The pipeline shuffles their *indices* for each epoch (a full permutation by (seed, epoch),
+as the in-memory pipeline does, with no buffer of images), batches the indices (a process of a
+several-process run keeps only its part of each batch), then reads, decodes and resizes in
+parallel, augments and standardizes. Only the batches in flight are in memory, whatever the
+dataset's size; `with_disk_cache` decodes once into an uncompressed file read on later epochs.
 """
 
 import copy
