@@ -122,11 +122,11 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _start(run_dir, *, processes, devices, epochs, tmp_path, port=None):
+def _start(run_dir, *, processes, devices, epochs, tmp_path, port=None, data=("--dataset", "digits")):
     """The CLI's `train`, once per process, on `devices` virtual CPU devices each; returns the Popens."""
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "KERAS_RESNET_LAB_HEARTBEAT_S": "10",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    command = [sys.executable, "-m", "keras_resnet_lab.cli", "train", "--model", "lenet5", "--dataset", "digits",
+    command = [sys.executable, "-m", "keras_resnet_lab.cli", "train", "--model", "lenet5", *data,
                "--epochs", str(epochs), "--batch-size", "64", "--optimizer", "sgd", "--learning-rate", "0.05",
                "--run-dir", str(run_dir), "--set", "verbose=line"]
     started = []
@@ -148,18 +148,38 @@ def _weights(run_dir):
     return keras.saving.load_model(run_dir / "model.keras").get_weights()
 
 
-def test_two_processes_of_two_devices_train_what_one_process_of_four_trains(tmp_path):
+def _streamed_folder(root):
+    """A folder of 300 training and 60 test 16x16 images of two classes, streamed (not decoded up front)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 150), ("test", 30)):
+        for label in range(2):
+            folder = root / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for index in range(count):
+                pixels = rng.integers(0, 120, (16, 16)) + 100 * label * (np.arange(16) % 2)
+                Image.fromarray(pixels.astype("uint8")).save(folder / f"{index}.png")
+    options = f'{{path="{root}", in_memory=false, augment=["crop", "flip"], channels=1, image_size=[28, 28]}}'
+    return ("--dataset", "image_folder", "--set", f"dataset_options={options}"), 60
+
+
+@pytest.mark.parametrize("source", ["digits", "streamed folder"])
+def test_two_processes_of_two_devices_train_what_one_process_of_four_trains(tmp_path, source):
     import numpy as np
 
+    data, tested = (("--dataset", "digits"), 360) if source == "digits" else _streamed_folder(tmp_path / "images")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _finish(_start(one, processes=1, devices=4, epochs=2, tmp_path=tmp_path)) == [0]
-    assert _finish(_start(two, processes=2, devices=2, epochs=2, tmp_path=tmp_path, port=_free_port())) == [0, 0]
+    assert _finish(_start(one, processes=1, devices=4, epochs=2, tmp_path=tmp_path, data=data)) == [0]
+    assert _finish(_start(two, processes=2, devices=2, epochs=2, tmp_path=tmp_path, port=_free_port(), data=data)) == [0, 0]
     metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
     assert [(m["devices"], m["processes"]) for m in metrics] == [(4, 1), (4, 2)]
-    assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[1]["num_examples"] == 360
+    assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[1]["num_examples"] == tested
     difference = max(float(np.abs(a - b).max()) for a, b in zip(_weights(one), _weights(two)))
     assert difference < 1e-5
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]  # one folder per run
+    runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir() and p.name != "images")
+    assert runs == ["one", "two"]  # one folder per run
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ optimization thread: see `PIPELINE_OPTIONS`).
 import dataclasses
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -146,7 +145,9 @@ def random_affine(x, seed, degrees=0.0, translate=0.0, scale=0.0, whole_pixels=F
 
     Keras' RandomRotation, RandomTranslation and RandomZoom resample once each: chained, they
     blur small digits three times. This builds the combined output->input matrix instead and
-    applies it with `keras.ops.image.affine_transform`.
+    applies it with TensorFlow's projective transform, the op `keras.ops.image.affine_transform`
+    runs on the TensorFlow backend (called directly: the input pipeline is TensorFlow's whatever
+    backend trains, and Keras's JAX op cannot run inside tf.data).
     """
     n = tf.shape(x)[0]
     height, width = float(x.shape[1]), float(x.shape[2])
@@ -165,7 +166,9 @@ def random_affine(x, seed, degrees=0.0, translate=0.0, scale=0.0, whole_pixels=F
     b2 = cy - b0 * (cx + tx) - b1 * (cy + ty)
     zeros = tf.zeros_like(a0)
     transform = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    return keras.ops.image.affine_transform(x, transform, interpolation="bilinear", fill_mode="constant")
+    moved = tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transform, output_shape=tf.shape(x)[1:-1],
+                                                  fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+    return tf.ensure_shape(moved, x.shape)
 
 
 def _flip(x, seed):
