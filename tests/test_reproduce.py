@@ -52,7 +52,8 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
     assert "| seed004-mnist-resnet | 004 | 98.7% after 5 epochs (about 99% at best) | 99.20% ± 0.10 (3 seeds: " \
            "99.10% to 99.30%) | above on every seed | 5 | 0.5 | 126,346 | 0.0500 |" in text
     assert "On MNIST the residual mnist_resnet scores 99.20%, 0.60 points ahead of the plain lenet5 (98.60%); the seeds' spread is 0.87 points, so the difference is not much larger than chance" in text
-    assert "Test CPU, 2 cores" in text and "depth-cifar10-resnet8" in text  # the unanswered question names its command
+    assert "Test CPU, 2 cores" in text and "| dates | 2026-12-01 to 2026-12-01 (6 runs) |" in text
+    assert "depth-cifar10-resnet8" in text  # the unanswered question names its command
     numbers = json.loads((tmp_path / "reproduce.json").read_text())
     assert numbers[0]["accuracies"] == [0.990, 0.992, 0.976] and numbers[0]["beats_every_seed"] is False
     assert all(isinstance(v, (int, float, bool, list, type(None))) or k in ("recipe", "origin", "reported", "model")

@@ -129,6 +129,14 @@ def _conclusion(rows):
     return text + "."
 
 
+def _where(environment, dates):
+    """The machine and versions of the first run, and when the runs were made."""
+    rows = environment_rows(environment)[:-1]
+    if dates:
+        rows[0] = ("dates", f"{dates[0]} to {dates[-1]} ({len(dates)} runs)")
+    return rows
+
+
 def write_reproduction_report(run_dir, finished_runs):
     """`report.md`, `report.html` and `reproduce.json` in `run_dir` from `finished_runs`, a list of
     (planned run, its metrics.json) in plan order."""
@@ -143,13 +151,15 @@ def write_reproduction_report(run_dir, finished_runs):
         return _write(folder, "Reproducing the seed reports", [("p", "No run has finished yet.")])[0]
     plot_seed_accuracies([(r["recipe"], r["accuracies"], r["reported_accuracy"]) for r in rows],
                          folder / "accuracies.png")
-    environment = finished[rows[0]["recipe"]][0][1].get("environment")
+    environments = [m.get("environment") or {} for runs in finished.values() for _, m in runs]
+    environment = environments[0]
+    dates = sorted(e["date"] for e in environments if e.get("date"))
     header = ("recipe", "report", "the report's figure", "ours: test accuracy", "vs the report", "epochs",
               "minutes per run", "parameters", "test loss")
     table = [(r["recipe"], r["origin"], r["reported"], _accuracy(r), _verdict(r), r["epochs"], _minutes(r),
               f"{r['parameters']:,}", f"{r['test_loss']:.4f}") for r in rows]
     blocks = [("p", _conclusion(rows)),
-              ("h2", "Where and on what"), ("table", (("setting", "value"), environment_rows(environment)[:-1])),
+              ("h2", "Where and on what"), ("table", (("setting", "value"), _where(environment, dates))),
               ("h2", "Every experiment"), ("table", (header, table)), ("image", "accuracies.png"),
               ("p", "Minutes are training and validation time per run (the sum of its epochs). Each run's own "
                     "report (curves, confusion matrix, per-class table) is in <recipe>/seed-<n>/report.html.")]
