@@ -131,12 +131,14 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "seed002-cifar10-resnet20", "002",
         "ResNet-20 on CIFAR-10 with the paper's SGD (momentum 0.9; weight decay 1e-3 here, as Keras decays "
-        "weights outside the momentum: the paper's 1e-4 L2 penalty through momentum 0.9), crop and flip, cosine decay.",
+        "weights outside the momentum: the paper's 1e-4 L2 penalty through momentum 0.9), crop and flip, "
+        "cosine decay, batch 64 (twice the updates per epoch) and label smoothing 0.1.",
         "86.63% test after 80 epochs",
-        dict(model="cifar_resnet20", dataset="cifar10", epochs=30, optimizer="sgd", learning_rate=0.1,
-             weight_decay=1e-3, schedule="cosine", warmup_epochs=1, batch_size=128, validation_split=0.1,
+        dict(model="cifar_resnet20", dataset="cifar10", epochs=40, optimizer="sgd", learning_rate=0.05,
+             weight_decay=1e-3, schedule="cosine", warmup_epochs=1, batch_size=64, label_smoothing=0.1,
+             validation_split=0.1,
              dataset_options=dict(augment=["crop", "flip"], standardize=True)),
-        reported_accuracy=0.8663, minutes=30,
+        reported_accuracy=0.8663, minutes=33,
     ),
     Recipe(
         "seed003-mnist-regularized", "003",
@@ -189,11 +191,11 @@ RECIPES = {r.name: r for r in [
         "colour jitter, flip) and dropout 0.2 after each ReLU of the basic blocks.",
         "45% to 50% test",
         dict(model="resnet18", model_options=dict(stem="small", block_dropout=0.2), dataset="cifar10",
-             epochs=30, optimizer="adam", learning_rate=1e-3, schedule="onecycle", batch_size=128,
+             epochs=20, optimizer="adam", learning_rate=1e-3, schedule="onecycle", batch_size=128,
              validation_split=0.1,
              dataset_options=dict(train_subset_per_class=500, standardize=True,
                                   augment=["affine", "sharpness", "color", "flip"])),
-        reported_accuracy=0.50, minutes=30,
+        reported_accuracy=0.50, minutes=15,
     ),
     Recipe(
         "seed004-mnist-lenet", "004",
