@@ -139,6 +139,8 @@ RECIPES = {r.name: r for r in [
              validation_split=0.1,
              dataset_options=dict(augment=["crop", "flip"], standardize=True)),
         reported_accuracy=0.8663, minutes=33,
+        measured="85.80% test (seed 0) after 40 epochs, 31 min of training: below the report's 86.63% after 80 epochs "
+                 "(30 epochs: 84.89% with weight decay 1e-4, 85.30% with 1e-3)",
     ),
     Recipe(
         "seed003-mnist-regularized", "003",
@@ -222,6 +224,7 @@ RECIPES = {r.name: r for r in [
              learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
              validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
         minutes=4,
+        measured="75.56% test (seed 0) after 10 epochs, 3.1 min of training",
     ),
     Recipe(
         "depth-cifar10-resnet14", "002",
@@ -242,6 +245,7 @@ RECIPES = {r.name: r for r in [
              learning_rate=0.1, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, batch_size=128,
              validation_split=0.1, dataset_options=dict(augment=["crop", "flip"], standardize=True)),
         minutes=9,
+        measured="81.29% test (seed 0) after 10 epochs, 7.5 min of training",
     ),
     Recipe(
         "depth-cifar10-resnet32", "002",
