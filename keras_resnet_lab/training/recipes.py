@@ -198,6 +198,7 @@ RECIPES = {r.name: r for r in [
              dataset_options=dict(train_subset_per_class=500, standardize=True,
                                   augment=["affine", "sharpness", "color", "flip"])),
         reported_accuracy=0.50, minutes=15,
+        measured="54.40% test (seed 0) after 20 epochs, 21 min of training",
     ),
     Recipe(
         "seed004-mnist-lenet", "004",
