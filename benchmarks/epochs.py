@@ -2,7 +2,7 @@
 
     python -m benchmarks.epochs --data-dir ../shared/data [--epochs 8] [--quick]
 
-For each side, a fresh subprocess trains the `seed000-mnist-baseline` network (batch 64, Adam,
+For each side, a fresh subprocess trains the `report000-mnist-baseline` network (batch 64, Adam,
 affine augmentation) for `--epochs` epochs and prints each epoch's wall-clock seconds, CPU
 seconds (user + system) and the cores that makes. "keras, tf.data defaults" is our side with
 the autotuner's optimization thread back on (tf.data's default); our pipelines turn it off.
@@ -39,7 +39,7 @@ def _mnist_bundle(data_dir, quick):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras_resnet_lab as lab
 
-    recipe = lab.get_recipe("seed000-mnist-baseline").config(data_dir=data_dir)
+    recipe = lab.get_recipe("report000-mnist-baseline").config(data_dir=data_dir)
     options = {**recipe.dataset_options, **({"train_subset_per_class": 100} if quick else {})}
     bundle = lab.load_dataset("mnist", data_dir=data_dir, batch_size=BATCH, seed=0,
                               validation_split=recipe.validation_split, **options)
@@ -101,7 +101,7 @@ def torch_epochs(data_dir, epochs, quick):
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    recipe = lab.get_recipe("seed000-mnist-baseline").config()
+    recipe = lab.get_recipe("report000-mnist-baseline").config()
     bundle = lab.load_dataset("mnist", data_dir=data_dir, validation_split=recipe.validation_split, seed=0,
                               train_subset_per_class=100 if quick else None)
     x, y = bundle.arrays["train"]

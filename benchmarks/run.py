@@ -86,7 +86,7 @@ TARGET_ACCURACY = 0.99
 # Recipes whose real epochs are timed against their model's throughput case (`--recipe`), with the
 # training images per class that make an epoch last seconds, not minutes (None: the whole dataset;
 # a much shorter epoch would be mostly per-epoch overhead, which a real run spreads over more steps).
-RECIPE_CASES = {"seed000-mnist-baseline": None, "seed002-mnist-resnet20": 500}
+RECIPE_CASES = {"report000-mnist-baseline": None, "report002-mnist-resnet20": 500}
 
 
 def peak_rss_mb():
@@ -246,7 +246,7 @@ def keras_time_to_accuracy(data_dir, quick):
     from keras_resnet_lab.training.evaluation import predict_labels
     from keras_resnet_lab.training.replicas import auto_cpu_replicas
 
-    recipe = lab.get_recipe("seed000-mnist-baseline").config(data_dir=data_dir, verbose="quiet", overwrite=True,
+    recipe = lab.get_recipe("report000-mnist-baseline").config(data_dir=data_dir, verbose="quiet", overwrite=True,
                                                              run_dir="benchmarks/results/tta-keras")
     if quick:
         recipe = recipe.replace(epochs=1, dataset_options={**recipe.dataset_options, "train_subset_per_class": 200})
@@ -377,7 +377,7 @@ def torch_time_to_accuracy(data_dir, quick):
 
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count())
-    recipe = lab.get_recipe("seed000-mnist-baseline").config()
+    recipe = lab.get_recipe("report000-mnist-baseline").config()
     epochs = 1 if quick else recipe.epochs
     bundle = lab.load_dataset("mnist", data_dir=data_dir, validation_split=recipe.validation_split, seed=recipe.seed,
                               train_subset_per_class=200 if quick else None)
@@ -678,7 +678,7 @@ def main(argv=None):
         print("\nTime-to-accuracy skipped: --model measures throughput only.")
     elif args.data_dir:
         tta = measure_time_to_accuracy(args.data_dir, tta_repeats, quick, torch_ok)
-        print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (seed000-mnist-baseline recipe, "
+        print(f"\nTime to {TARGET_ACCURACY:.1%} MNIST test accuracy (report000-mnist-baseline recipe, "
               f"median of {tta_repeats} alternating runs per side):")
         for side, result in tta.items():
             print(f"  {side:<6} {_fmt(result.get('seconds_to_target'), '{:.1f} s')}  (runs: {_samples(result)}; "

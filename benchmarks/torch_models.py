@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 
 class BaselineCNN(nn.Module):
-    """Seed 000's net (PyTorch's MNIST example): 21,840 parameters."""
+    """Report 000's net (PyTorch's MNIST example): 21,840 parameters."""
 
     def __init__(self, num_classes=10, conv_dropout=0.5, dense_dropout=0.5):
         super().__init__()
@@ -39,7 +39,7 @@ class Seed004Block(nn.Module):
 
 
 class MNISTResNet(nn.Module):
-    """Seed 004's MNISTResNetwork: 126,346 parameters with (2, 2) blocks."""
+    """Report 004's MNISTResNetwork: 126,346 parameters with (2, 2) blocks."""
 
     def __init__(self, num_classes=10, num_blocks=(2, 2)):
         super().__init__()

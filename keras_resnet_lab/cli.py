@@ -109,7 +109,7 @@ def cmd_recipes(args):
 
     for name in sorted(RECIPES):
         recipe = RECIPES[name]
-        origin = f"report {recipe.seed}" if recipe.seed.isdigit() else recipe.seed
+        origin = f"report {recipe.report}" if recipe.report.isdigit() else recipe.report
         print(f"{name}\n    {origin}: {recipe.description}\n    the report's figure: {recipe.reported}"
               f"\n    ours: {recipe.measured}")
 
@@ -339,7 +339,7 @@ def build_parser():
                    **_examples("keras-resnet-lab recipes")).set_defaults(func=cmd_recipes)
 
     train = sub.add_parser("train", help="train one model (a recipe, a config file or flags)", **_examples(
-        "keras-resnet-lab train --recipe seed000-mnist-baseline --data-dir data",
+        "keras-resnet-lab train --recipe report000-mnist-baseline --data-dir data",
         "keras-resnet-lab train --model resnet18 --dataset digits --epochs 10 --set model_options.stem='\"small\"'",
         "keras-resnet-lab train --config my_run.toml --seed 2 --export",
         "Interrupted, the same command resumes from the last finished epoch."))
@@ -357,7 +357,7 @@ def build_parser():
 
     compare = sub.add_parser("compare", help="train several models on one dataset and tabulate them", **_examples(
         "keras-resnet-lab compare --models baseline_cnn lenet5 mnist_resnet --dataset digits --epochs 20",
-        "keras-resnet-lab compare --recipes seed004-mnist-lenet seed004-mnist-resnet --data-dir data"))
+        "keras-resnet-lab compare --recipes report004-mnist-lenet report004-mnist-resnet --data-dir data"))
     compare.add_argument("--models", nargs="+", metavar="MODEL", help="names from `keras-resnet-lab models`")
     compare.add_argument("--dataset", help="the dataset every --models model trains on")
     compare.add_argument("--recipes", nargs="+", metavar="RECIPE", help="names from `keras-resnet-lab recipes`")
@@ -371,7 +371,7 @@ def build_parser():
     reproduce = sub.add_parser(
         "reproduce", help="run the seed reports' experiments on several random seeds and write one report",
         **_examples("keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds",
-                    "keras-resnet-lab reproduce --only seed004-mnist-lenet seed004-mnist-resnet --seeds 5",
+                    "keras-resnet-lab reproduce --only report004-mnist-lenet report004-mnist-resnet --seeds 5",
                     "keras-resnet-lab reproduce --list                        # the runs it would make",
                     "keras-resnet-lab reproduce --report-only                 # the report from the runs so far",
                     "Interrupted, the same command resumes: finished runs are read, the others resume."))
@@ -389,16 +389,16 @@ def build_parser():
     reproduce.set_defaults(func=cmd_reproduce)
 
     export = sub.add_parser("export", help="export a trained run as a SavedModel for serving", **_examples(
-        "keras-resnet-lab export runs/demo/seed001-digits-resnet18",
-        "keras-resnet-lab export runs/seed000-mnist-baseline --export-dir saved_models/mnist --version 2"))
-    export.add_argument("run_dir", help="a finished run folder, e.g. runs/seed000-mnist-baseline")
+        "keras-resnet-lab export runs/demo/report001-digits-resnet18",
+        "keras-resnet-lab export runs/report000-mnist-baseline --export-dir saved_models/mnist --version 2"))
+    export.add_argument("run_dir", help="a finished run folder, e.g. runs/report000-mnist-baseline")
     export.add_argument("--export-dir", help="default saved_models/<run name>")
     export.add_argument("--version", type=int, help="default: the next free version")
     export.add_argument("--overwrite", action="store_true", help="replace an existing version")
     export.set_defaults(func=cmd_export)
 
     predict = sub.add_parser("predict", help="classify image files with an exported model", **_examples(
-        "keras-resnet-lab predict saved_models/seed001-digits-resnet18 digit.png",
+        "keras-resnet-lab predict saved_models/report001-digits-resnet18 digit.png",
         "keras-resnet-lab predict saved_models/mnist/2 photos/ --top-k 1 --format csv"))
     predict.add_argument("model", help="saved_models/<name> (latest version) or saved_models/<name>/<version>")
     predict.add_argument("inputs", nargs="+", help="image files or folders")
@@ -407,11 +407,11 @@ def build_parser():
                          help="table, json or csv (default: table)")
     predict.set_defaults(func=cmd_predict)
     tune = sub.add_parser("tune", help="keras-tuner search over learning rates, block counts, ...", **_examples(
-        "keras-resnet-lab tune --config tuning/seed004-mnist-resnet.toml --data-dir data",
-        "keras-resnet-lab tune --config tuning/seed004-mnist-resnet.toml --max-trials 4 --train-best",
-        "keras-resnet-lab tune --report tuning/seed004-mnist-resnet",
+        "keras-resnet-lab tune --config tuning/report004-mnist-resnet.toml --data-dir data",
+        "keras-resnet-lab tune --config tuning/report004-mnist-resnet.toml --max-trials 4 --train-best",
+        "keras-resnet-lab tune --report tuning/report004-mnist-resnet",
         "Interrupted, the same command resumes the search."))
-    tune.add_argument("--config", help="a search definition, e.g. tuning/seed004-mnist-resnet.toml")
+    tune.add_argument("--config", help="a search definition, e.g. tuning/report004-mnist-resnet.toml")
     tune.add_argument("--report", metavar="DIR", help="print the leaderboard of tuning/<project> again")
     tune.add_argument("--max-trials", type=int, help="configurations to try (default: the search file's)")
     tune.add_argument("--max-epochs", type=int, help="epochs of the longest trial (default: the search file's)")
@@ -430,7 +430,7 @@ def build_parser():
     visualize = sub.add_parser("visualize", help="look inside a trained model")
     kinds = visualize.add_subparsers(dest="kind", required=True)
     activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage", **_examples(
-        "keras-resnet-lab visualize activations runs/demo/seed001-digits-resnet18 digit.png --per block"))
+        "keras-resnet-lab visualize activations runs/demo/report001-digits-resnet18 digit.png --per block"))
     activations.add_argument("run_dir", help="a finished run folder")
     activations.add_argument("image", help="an image file (converted to the model's size and channels)")
     activations.add_argument("--per", choices=("stage", "block"), default="stage",

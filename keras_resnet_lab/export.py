@@ -21,7 +21,7 @@ import tensorflow as tf
 from .data.pipeline import Preprocessing, preprocess
 from .errors import ConfigError, DataError, LabError
 from .files import replace_folder, sha256_file, staging_dir
-from .training.run_folder import read_run
+from .training.run_folder import read_run, run_flips
 
 MANIFEST = "manifest.sha256"
 METADATA = "assets/metadata.json"
@@ -56,12 +56,19 @@ def prepare_images(images, prep):
     return preprocess(x, prep)
 
 
-def make_serving_function(model, prep):
-    """uint8 images of any size and channel count -> the model's probabilities and class index."""
+def make_serving_function(model, prep, test_time_flip=False):
+    """uint8 images of any size and channel count -> the model's probabilities and class index.
+
+    `test_time_flip`: the logits are the mean of the image's and its mirror image's, as the run
+    was evaluated.
+    """
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
     def serve(images):
-        logits = model(prepare_images(images, prep), training=False)
+        x = prepare_images(images, prep)
+        logits = model(x, training=False)
+        if test_time_flip:
+            logits = (logits + model(x[:, :, ::-1], training=False)) / 2
         probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
         return {"probabilities": probabilities, "class_index": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
 
@@ -135,17 +142,19 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
 
     The export is written to a staging folder beside the target and renamed (an existing
     version is swapped atomically on Linux), so a server watching `export_dir` never sees a
-    half-written version, nor a moment without one.
+    half-written version, nor a moment without one. A run trained with `test_time_flip` is served
+    as it was evaluated: each image's logits averaged with its mirror image's.
 
     A SavedModel is a TensorFlow graph: on Keras's JAX backend, a run folder is exported by
     this same function in a TensorFlow-backend subprocess (its `model.keras` is backend-neutral).
 
     Example:
-        >>> export("runs/seed000-mnist-baseline")   # -> saved_models/seed000-mnist-baseline/1
+        >>> export("runs/report000-mnist-baseline")   # -> saved_models/report000-mnist-baseline/1
     """
     if keras.backend.backend() != "tensorflow":
         return _export_on_tensorflow(model_or_run_dir, export_dir, version, overwrite, preprocessing, class_names)
     model, prep, names, name = _load_source(model_or_run_dir, preprocessing, class_names)
+    flips = not isinstance(model_or_run_dir, keras.Model) and run_flips(model_or_run_dir)
     model_dir = Path(export_dir or Path("saved_models") / name)
     version = _next_version(model_dir) if version is None else version
     if not isinstance(version, int) or version < 1:
@@ -160,13 +169,14 @@ def export(model_or_run_dir, export_dir=None, *, version=None, overwrite=False, 
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", make_serving_function(model, prep))
+        archive.add_endpoint("serving_default", make_serving_function(model, prep, flips))
         archive.write_out(str(staging), verbose=False)
         metadata = {
             "format_version": FORMAT_VERSION, "name": name, "class_names": list(names),
             "input": {"dtype": "uint8", "shape": "(batch, height, width, channels)", "channels": [1, 3, 4],
                       "any_size": True},
             "model_input_shape": [*prep.image_size, prep.channels], "preprocessing": prep.to_dict(),
+            "test_time_flip": flips,
             "outputs": {"probabilities": "float32 (batch, classes)", "class_index": "int32 (batch,)"},
         }
         (staging / "assets").mkdir(exist_ok=True)

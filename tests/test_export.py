@@ -128,3 +128,28 @@ def test_a_tensorflow_only_process_reproduces_the_keras_model(trained, tmp_path)
     assert f"ACCURACY {trained.metrics['accuracy']}" in done.stdout and "MODULES False" in done.stdout
     _, _, keras_probabilities = predict_labels(trained.model, data.test)
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), keras_probabilities, atol=1e-5)
+
+
+def test_test_time_flip_re_evaluates_a_finished_run_and_is_exported_as_evaluated(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "flipped"
+    shutil.copytree(trained.run_dir, run_dir)
+    history = (run_dir / "history.csv").read_text()
+    flipped = lab.train("lenet5", "digits", epochs=1, run_dir=str(run_dir), verbose="quiet",
+                        dataset_options={"standardize": True}, steps_per_execution=4, test_time_flip=True)
+    assert (run_dir / "history.csv").read_text() == history  # evaluated again, not trained again
+    assert flipped.metrics["test_time_flip"] is True
+    assert flipped.metrics["without_test_time_flip"]["accuracy"] == pytest.approx(trained.metrics["accuracy"])
+    data = lab.load_dataset("digits", standardize=True, validation_split=0.1)
+    _, _, mirrored = predict_labels(trained.model, data.test, test_time_flip=True)
+    _, _, plain = predict_labels(trained.model, data.test)
+    assert np.abs(mirrored - plain).max() > 1e-3  # the digits are not symmetric: the flip changes the output
+    y = data.arrays["test"][1]
+    assert flipped.metrics["accuracy"] == pytest.approx((mirrored.argmax(axis=1) == y).mean())
+    assert f"the model alone scores {trained.metrics['accuracy']:.2%}" in (run_dir / "report.md").read_text()
+
+    exported = lab.load_exported(lab.export(str(run_dir), tmp_path / "export"))
+    assert exported.metadata["test_time_flip"] is True
+    probabilities, _ = exported.predict(data.arrays["test"][0])
+    np.testing.assert_allclose(probabilities, mirrored, atol=1e-5)

@@ -328,8 +328,8 @@ def test_cli_takes_weights_and_trainable_last_flags():
 
 
 def test_recipes_fine_tune_from_imagenet_in_two_phases():
-    recipe = lab.get_recipe("seed001-cats-dogs-resnet18").config()
+    recipe = lab.get_recipe("report001-cats-dogs-resnet18").config()
     assert recipe.weights == "imagenet" and recipe.trainable_last_at(0) == 1 and recipe.trainable_last_at(1) is None
-    seed003 = lab.get_recipe("seed003-cifar10-finetune").config()
-    assert (seed003.trainable_last, seed003.optimizer, seed003.learning_rate) == (5, "adam", 1e-3)
-    assert lab.get_recipe("seed001-cats-dogs-resnet18-scratch").config().weights is None
+    report003 = lab.get_recipe("report003-cifar10-finetune").config()
+    assert (report003.trainable_last, report003.optimizer, report003.learning_rate) == (5, "adam", 1e-3)
+    assert lab.get_recipe("report001-cats-dogs-resnet18-scratch").config().weights is None

@@ -15,20 +15,20 @@ from keras_resnet_lab.training.reproduce_report import write_reproduction_report
 def test_the_plan_runs_every_cpu_recipe_shortest_first_and_long_ones_on_fewer_seeds(tmp_path):
     names = default_recipes()
     assert names and all(RECIPES[n].needs is None for n in names)
-    assert "seed003-cifar10-resnet18" not in names and "seed003-cifar10-finetune" not in names
+    assert "report003-cifar10-resnet18" not in names and "report003-cifar10-finetune" not in names
     assert [RECIPES[n].minutes for n in names] == sorted(RECIPES[n].minutes for n in names)
-    runs = plan(["seed004-mnist-lenet", "seed002-cifar10-resnet20"], seeds=3, long_seeds=1, run_dir=tmp_path)
-    assert RECIPES["seed002-cifar10-resnet20"].minutes > LONG_MINUTES >= RECIPES["seed004-mnist-lenet"].minutes
-    assert [(r.recipe, r.seed) for r in runs] == [("seed004-mnist-lenet", 0), ("seed004-mnist-lenet", 1),
-                                                  ("seed004-mnist-lenet", 2), ("seed002-cifar10-resnet20", 0)]
-    assert runs[1].folder == tmp_path / "seed004-mnist-lenet" / "seed-1"
-    with pytest.raises(ConfigError, match="recipe.*'seed004-mnist-lenett'.*seed004-mnist-lenet"):
-        plan(["seed004-mnist-lenett"])
+    runs = plan(["report004-mnist-lenet", "report002-cifar10-resnet20"], seeds=3, long_seeds=1, run_dir=tmp_path)
+    assert RECIPES["report002-cifar10-resnet20"].minutes > LONG_MINUTES >= RECIPES["report004-mnist-lenet"].minutes
+    assert [(r.recipe, r.seed) for r in runs] == [("report004-mnist-lenet", 0), ("report004-mnist-lenet", 1),
+                                                  ("report004-mnist-lenet", 2), ("report002-cifar10-resnet20", 0)]
+    assert runs[1].folder == tmp_path / "report004-mnist-lenet" / "seed-1"
+    with pytest.raises(ConfigError, match="recipe.*'report004-mnist-lenett'.*report004-mnist-lenet"):
+        plan(["report004-mnist-lenett"])
     with pytest.raises(ConfigError, match="seeds=0"):
-        plan(["seed004-mnist-lenet"], seeds=0)
+        plan(["report004-mnist-lenet"], seeds=0)
 
 
-def fake_run(run, accuracy, parameters, epochs=5, seconds=6.0):
+def fake_run(run, accuracy, parameters, epochs=5, seconds=6.0, **metrics):
     """A finished run folder as `train` leaves it (the files the report reads)."""
     run.folder.mkdir(parents=True)
     config = get_recipe(run.recipe).config(seed=run.seed, run_dir=str(run.folder))
@@ -38,18 +38,19 @@ def fake_run(run, accuracy, parameters, epochs=5, seconds=6.0):
     (run.folder / "metrics.json").write_text(json.dumps({
         "split": "test", "accuracy": accuracy, "loss": 0.05, "num_examples": 10000, "epochs_trained": epochs,
         "parameters": {"total": parameters, "trainable": parameters}, "flops_per_image": 1000,
-        "environment": {"date": "2026-12-01", "cpu": "Test CPU", "cores": 2, "versions": {"keras": "3.15.1"}}}))
+        "environment": {"date": "2026-12-01", "cpu": "Test CPU", "cores": 2, "versions": {"keras": "3.15.1"}},
+        **metrics}))
 
 
 def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions(tmp_path):
-    runs = plan(["seed004-mnist-lenet", "seed004-mnist-resnet"], seeds=3, run_dir=tmp_path)
+    runs = plan(["report004-mnist-lenet", "report004-mnist-resnet"], seeds=3, run_dir=tmp_path)
     for run, accuracy in zip(runs, (0.990, 0.992, 0.976, 0.991, 0.993, 0.992)):  # lenet's seed 2 below 97.7%
-        fake_run(run, accuracy, 107_786 if run.recipe == "seed004-mnist-lenet" else 126_346)
+        fake_run(run, accuracy, 107_786 if run.recipe == "report004-mnist-lenet" else 126_346)
     report = write_reproduction_report(tmp_path, [(run, finished_metrics(run)) for run in runs])
     text = report.read_text()
     assert "2 experiments measured; 1 of the 2 with a report's figure beat it on every random seed; " \
-           "not on every seed: seed004-mnist-lenet (above on the mean only)." in text
-    assert "| seed004-mnist-resnet | 004 | 98.7% after 5 epochs (about 99% at best) | 99.20% ± 0.10 (3 seeds: " \
+           "not on every seed: report004-mnist-lenet (above on the mean only)." in text
+    assert "| report004-mnist-resnet | 004 | 98.7% after 5 epochs (about 99% at best) | 99.20% ± 0.10 (3 seeds: " \
            "99.10% to 99.30%) | above on every seed | 5 | 0.5 | 126,346 | 0.0500 |" in text
     assert "On MNIST the residual mnist_resnet scores 99.20%, 0.60 points ahead of the plain lenet5 (98.60%); the seeds' spread is 0.87 points, so the difference is not much larger than chance" in text
     assert "Test CPU, 2 cores" in text and "| dates | 2026-12-01 to 2026-12-01 (6 runs) |" in text
@@ -61,13 +62,30 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1  # the per-seed plot
 
 
+def test_the_report_gives_the_figure_without_test_time_flips_too(tmp_path):
+    run = plan(["report002-cifar10-resnet20"], seeds=1, run_dir=tmp_path)[0]
+    fake_run(run, 0.8724, 272_474, test_time_flip=True, without_test_time_flip={"accuracy": 0.858})
+    text = write_reproduction_report(tmp_path, [(run, finished_metrics(run))]).read_text()
+    assert "87.24% (1 seed) with test-time flips (85.80% without) | above on every seed" in text
+
+
 def test_a_run_of_an_edited_recipe_is_not_taken_as_finished(tmp_path):
-    run = plan(["seed004-mnist-lenet"], seeds=1, run_dir=tmp_path)[0]
+    run = plan(["report004-mnist-lenet"], seeds=1, run_dir=tmp_path)[0]
     fake_run(run, 0.99, 107_786)
     assert finished_metrics(run)["accuracy"] == 0.99
     saved = json.loads((run.folder / "config.json").read_text())
     (run.folder / "config.json").write_text(json.dumps({**saved, "epochs": 7}))
     assert finished_metrics(run) is None
+    older = {key: value for key, value in saved.items() if key != "test_time_flip"}  # written before the setting
+    (run.folder / "config.json").write_text(json.dumps(older))
+    assert finished_metrics(run)["accuracy"] == 0.99  # missing: its default, False, as the recipe says
+    (run.folder / "config.json").write_text(json.dumps({**saved, "test_time_flip": True}))
+    assert finished_metrics(run) is None  # evaluated otherwise than the recipe says
+
+
+def test_old_recipe_names_still_work():
+    assert get_recipe("seed004-mnist-lenet") is get_recipe("report004-mnist-lenet")
+    assert plan(["seed004-mnist-lenet"], seeds=1)[0].recipe == "report004-mnist-lenet"
 
 
 @pytest.mark.slow

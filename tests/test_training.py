@@ -196,7 +196,7 @@ def test_cli_models_recipes_and_train(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "21,840" in out and "126,346" in out and "11,689,512" in out and "269,722" in out
     assert main(["recipes"]) == 0
-    assert "seed000-mnist-baseline" in capsys.readouterr().out
+    assert "report000-mnist-baseline" in capsys.readouterr().out
     run = str(tmp_path / "cli")
     code = main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "1", "--run-dir", run,
                  "--quiet", "--set", "dataset_options.image_size=[16, 16]", "--steps-per-execution", "4"])

@@ -115,14 +115,14 @@ def load_dataset(
         batch_size: examples per batch.
         image_size: (height, width) the model receives (resized after padding).
         channels: 1 or 3 to convert grayscale <-> RGB; None keeps the data's.
-        pad: zero-padding on each side (2 turns 28x28 MNIST into 32x32, as seed 002).
+        pad: zero-padding on each side (2 turns 28x28 MNIST into 32x32, as report 002).
         standardize: False (scale to [0, 1]), True (per-channel statistics of the train split),
             "imagenet" (ImageNet's mean and std, what pretrained ResNets expect) or a
             (mean, std) pair.
         validation_split: fraction of train held out (stratified, by `seed`) for model selection.
         augment: False, True (crop+flip for RGB, affine for grayscale) or names from
             "crop", "flip", "affine", "color", "sharpness"; applied to the train split only.
-        train_subset_per_class: keep only N training examples of each class (seed 003c).
+        train_subset_per_class: keep only N training examples of each class (report 003c).
         seed: shuffling, validation split, subset and augmentation seed.
         cache_dir: where archives are extracted and decoded images cached.
         on_bad_file: "warn" (skip unreadable images, naming them) or "error".

@@ -11,20 +11,20 @@ from .resnet import IMAGENET_STAGES, cifar_resnet, imagenet_resnet
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
 
 def lenet5(input_shape, num_classes, *, name, activation="relu"):
-    """Seed 004's MNISTNetwork (LeNet-5 with 'same' convs): 107,786 parameters on 28x28x1."""
+    """Report 004's MNISTNetwork (LeNet-5 with 'same' convs): 107,786 parameters on 28x28x1."""
     return lenet_resnet(input_shape, num_classes, name=name, num_blocks=0, activation=activation)
 
 register(
     "baseline_cnn", baseline_cnn, input_shape=(28, 28, 1),
-    description="Seed 000's MNIST CNN: 2 convs, spatial dropout, 2 dense (21,840 params)",
+    description="Report 000's MNIST CNN: 2 convs, spatial dropout, 2 dense (21,840 params)",
 )
 register(
     "lenet5", lenet5, input_shape=(28, 28, 1),
-    description="Seed 004's MNISTNetwork: LeNet-5 with 'same' 5x5 convs (107,786 params)",
+    description="Report 004's MNISTNetwork: LeNet-5 with 'same' 5x5 convs (107,786 params)",
 )
 register(
     "mnist_resnet", lenet_resnet, input_shape=(28, 28, 1), batch_norm="batch_norm",
-    description="Seed 004's MNISTResNetwork: LeNet-5 with residual blocks, num_blocks per stage",
+    description="Report 004's MNISTResNetwork: LeNet-5 with residual blocks, num_blocks per stage",
 )
 register(
     "cifar_resnet", cifar_resnet, input_shape=(32, 32, 3), batch_norm=True,

@@ -14,7 +14,7 @@ def _check_rate(option, value):
 
 
 def baseline_cnn(input_shape, num_classes, *, name, conv_dropout=0.5, dense_dropout=0.5):
-    """Seed 000's MNIST classifier (PyTorch's MNIST example): 21,840 parameters on 28x28x1.
+    """Report 000's MNIST classifier (PyTorch's MNIST example): 21,840 parameters on 28x28x1.
 
     conv 10@5x5, max-pool, ReLU, conv 20@5x5, spatial dropout, max-pool, ReLU, dense 50, ReLU,
     dropout, dense `num_classes`.
@@ -37,7 +37,7 @@ def baseline_cnn(input_shape, num_classes, *, name, conv_dropout=0.5, dense_drop
 
 
 def _residual_block(x, activation, batch_norm, name):
-    """Seed 004's ResNetBlock: conv 3x3, activation, conv 3x3, add, activation."""
+    """Report 004's ResNetBlock: conv 3x3, activation, conv 3x3, add, activation."""
     filters = x.shape[-1]
     y = x
     for i in (1, 2):
@@ -65,12 +65,12 @@ def _normalize_num_blocks(num_blocks):
 def lenet_resnet(
     input_shape, num_classes, *, name, num_blocks=(2, 2), activation="relu", batch_norm=False
 ):
-    """Seed 004's MNISTNetwork (`num_blocks=0`) and MNISTResNetwork (residual blocks of 16@3x3).
+    """Report 004's MNISTNetwork (`num_blocks=0`) and MNISTResNetwork (residual blocks of 16@3x3).
 
     conv 6@5x5 'same', max-pool, activation, conv 16@5x5 'same', `num_blocks[0]` residual blocks,
     max-pool, `num_blocks[1]` residual blocks, activation, dense 120, dense 84, dense `num_classes`.
     With no blocks this is LeNet-5 (107,786 parameters on 28x28x1); with (2, 2) and no batch
-    norm it is seed 004's network (126,346).
+    norm it is report 004's network (126,346).
     """
     num_blocks = _normalize_num_blocks(num_blocks)
     check_activation(activation)

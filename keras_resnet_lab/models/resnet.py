@@ -43,7 +43,7 @@ def _act(x, activation, dropout, name):
 
 
 def basic_block(x, filters, strides, *, shortcut, activation, dropout, name):
-    """Two 3x3 conv-BN layers and a shortcut; `dropout` follows each activation (seed 003)."""
+    """Two 3x3 conv-BN layers and a shortcut; `dropout` follows each activation (report 003)."""
     y = conv_bn(x, filters, 3, strides=strides, name=f"{name}_1")
     y = _act(y, activation, dropout, f"{name}_1_act")
     y = conv_bn(y, filters, 3, name=f"{name}_2")

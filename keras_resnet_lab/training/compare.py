@@ -48,7 +48,7 @@ def compare(configs, run_dir="runs/compare", **settings):
     """Trains each `TrainConfig` in turn (each in `run_dir/<name>`) and tabulates the results.
 
     Memory is released between models (`keras.backend.clear_session()`), so a long list of
-    models does not accumulate memory as seed 001's loop did.
+    models does not accumulate memory as report 001's loop did.
 
     Example:
         >>> result = compare(configs_for(models=["baseline_cnn", "lenet5"], dataset="mnist", epochs=3))

@@ -23,7 +23,7 @@ MONITORS = ("val_accuracy", "val_loss", "accuracy", "loss")
 class Phase:
     """A stretch of epochs with its own learning rate, batch size and trainable units.
 
-    Seed 000 used two phases of rates and batch sizes; fine-tuning trains the head first, then
+    Report 000 used two phases of rates and batch sizes; fine-tuning trains the head first, then
     more of the network at a lower rate (`trainable_last` per phase). Unset fields take the
     run's own settings.
     """
@@ -68,6 +68,9 @@ class TrainConfig:
     clipnorm: Optional[float] = None
     clipvalue: Optional[float] = None
     label_smoothing: float = 0.0
+    # Test (and export): average the logits of each image and its mirror image. The best epoch is
+    # still chosen on plain validation accuracy; metrics.json also holds the plain test figures.
+    test_time_flip: bool = False
     validation_split: float = 0.1
     monitor: str = "val_accuracy"
     early_stopping_patience: Optional[int] = None
@@ -229,7 +232,9 @@ class TrainConfig:
 
 
 # Settings that may differ between a run and its resumption without changing what it computes.
-RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "cpu_replicas", "devices", "reports")
+# Settings that only decide how the trained model is evaluated: a run resumes with another value.
+EVALUATION_ONLY = ("test_time_flip",)
+RESUME_NEUTRAL = ("run_dir", "overwrite", "verbose", "data_dir", "cpu_replicas", "devices", "reports", *EVALUATION_ONLY)
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table (dict)",
                list: "a list", type(None): "unset (None)"}

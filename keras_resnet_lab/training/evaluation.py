@@ -5,11 +5,16 @@ import numpy as np
 from .devices import even_batches, gathered_logits, process_count
 
 
-def predict_labels(model, dataset):
-    """(true labels, predicted labels, probabilities) over a batched (image, label) dataset."""
+def predict_labels(model, dataset, test_time_flip=False):
+    """(true labels, predicted labels, probabilities) over a batched (image, label) dataset.
+
+    `test_time_flip`: the logits are the mean of the image's and its mirror image's.
+    """
     dataset = even_batches(dataset, training=False, own_part=False)  # JAX devices: padded, weights 0 for the pads
     images = dataset.map(lambda images, *rest: images)
-    logits = gathered_logits(model, images) if process_count() > 1 else model.predict(images, verbose=0)
+    logits = _logits(model, images)
+    if test_time_flip:
+        logits = (logits + _logits(model, images.map(mirror))) / 2
     columns = list(zip(*dataset.map(lambda images, *rest: rest).as_numpy_iterator()))
     true = np.concatenate(columns[0])
     if len(columns) > 1:  # drop the pads
@@ -19,6 +24,16 @@ def predict_labels(model, dataset):
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     return true, probabilities.argmax(axis=1), probabilities
+
+
+def mirror(images):
+    """Images flipped left to right (NHWC)."""
+    return images[:, :, ::-1]
+
+
+def _logits(model, images):
+    return np.asarray(gathered_logits(model, images) if process_count() > 1 else model.predict(images, verbose=0),
+                      np.float64)
 
 
 def classification_metrics(y_true, y_pred, probabilities, class_names):

@@ -129,6 +129,9 @@ def run_conclusion(result, class_names):
     if m.get("best_epoch"):
         text += f"; the weights kept are those of epoch {m['best_epoch']}, chosen by {config.monitor}"
     text += "."
+    if m.get("test_time_flip"):
+        text += (f" Each {m['split']} image's logits are averaged with its mirror image's; the model alone "
+                 f"scores {m['without_test_time_flip']['accuracy']:.2%}.")
     confused = most_confused(m, [str(c) for c in class_names])
     if confused:
         true, predicted, count, total = confused

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError
-from .config import RESUME_NEUTRAL
+from .config import EVALUATION_ONLY, RESUME_NEUTRAL, TrainConfig
 from .recipes import RECIPES, get_recipe
 from .reproduce_report import write_reproduction_report
 from .run_folder import CONFIG, METRICS, STATE
@@ -47,7 +47,7 @@ def plan(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce"):
     for name in names:
         recipe = get_recipe(name)
         count = seeds if recipe.minutes <= LONG_MINUTES else min(seeds, long_seeds)
-        runs += [PlannedRun(name, seed, Path(run_dir) / name / f"seed-{seed}") for seed in range(count)]
+        runs += [PlannedRun(recipe.name, seed, Path(run_dir) / recipe.name / f"seed-{seed}") for seed in range(count)]
     return runs
 
 
@@ -64,7 +64,9 @@ def finished_metrics(run):
     except (OSError, ValueError):
         return None
     expected = get_recipe(run.recipe).config(seed=run.seed).to_dict()
-    same = all(saved.get(key) == value for key, value in expected.items() if key not in RESUME_NEUTRAL)
+    defaults = TrainConfig().to_dict()  # settings added since the folder was written have their defaults there
+    compared = set(expected) - set(RESUME_NEUTRAL) | set(EVALUATION_ONLY)
+    same = all(saved.get(key, defaults[key]) == expected[key] for key in compared)
     return metrics if state.get("finished") and same else None
 
 
@@ -81,7 +83,7 @@ def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", dat
     from the finished ones; returns the report's path.
 
     Example:
-        >>> reproduce(["seed004-mnist-lenet", "seed004-mnist-resnet"], seeds=3, data_dir="data")
+        >>> reproduce(["report004-mnist-lenet", "report004-mnist-resnet"], seeds=3, data_dir="data")
         PosixPath('runs/reproduce/report.md')
     """
     runs = plan(recipes, seeds, long_seeds, run_dir)

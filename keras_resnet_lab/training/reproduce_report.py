@@ -15,10 +15,10 @@ from .run_folder import STATE
 # The seed reports' questions: (heading, the recipes that answer it, how the numbers are read).
 QUESTIONS = (
     ("Report 000: does MNIST need more than 21,840 parameters?",
-     ("seed000-mnist-baseline", "seed004-mnist-lenet", "seed004-mnist-resnet", "seed002-mnist-resnet20",
-      "seed000-mnist-resnet18", "seed000-mnist-resnet50"), "size"),
+     ("report000-mnist-baseline", "report004-mnist-lenet", "report004-mnist-resnet", "report002-mnist-resnet20",
+      "report000-mnist-resnet18", "report000-mnist-resnet50"), "size"),
     ("Report 004: residual blocks against plain ones, the same training otherwise",
-     ("seed004-mnist-lenet", "seed004-mnist-resnet", "digits-baseline-cnn", "digits-mnist-resnet"), "pairs"),
+     ("report004-mnist-lenet", "report004-mnist-resnet", "digits-baseline-cnn", "digits-mnist-resnet"), "pairs"),
     ("Reports 002 and 003: depth against accuracy on CIFAR-10",
      ("depth-cifar10-resnet8", "depth-cifar10-resnet14", "depth-cifar10-resnet20", "depth-cifar10-resnet32"), "depth"),
 )
@@ -40,10 +40,12 @@ def summarize(name, finished):
     first = finished[0][1]
     spread = statistics.stdev(accuracies) if len(accuracies) > 1 else None
     return {
-        "recipe": name, "origin": recipe.seed, "reported": recipe.reported,
+        "recipe": name, "origin": recipe.report, "reported": recipe.reported,
         "reported_accuracy": recipe.reported_accuracy, "seeds": [run.seed for run, _ in finished],
         "accuracies": accuracies, "mean": statistics.fmean(accuracies), "std": spread,
         "min": min(accuracies), "max": max(accuracies),
+        "without_test_time_flip": [m["without_test_time_flip"]["accuracy"] for _, m in finished
+                                   if m.get("test_time_flip")] or None,
         "test_loss": statistics.fmean(m["loss"] for _, m in finished),
         "epochs": first.get("epochs_trained"), "minutes": statistics.fmean(minutes) if minutes else None,
         "model": recipe.settings["model"], "parameters": first.get("parameters", {}).get("total"),
@@ -57,7 +59,10 @@ def _accuracy(row):
     text = f"{row['mean']:.2%}"
     if row["std"] is not None:
         text += f" ± {row['std'] * 100:.2f} ({len(row['seeds'])} seeds: {row['min']:.2%} to {row['max']:.2%})"
-    return text + ("" if row["std"] is not None else " (1 seed)")
+    text += "" if row["std"] is not None else " (1 seed)"
+    if row["without_test_time_flip"]:
+        text += f" with test-time flips ({statistics.fmean(row['without_test_time_flip']):.2%} without)"
+    return text
 
 
 def _verdict(row):
@@ -74,7 +79,7 @@ def _minutes(row):
 
 def _size_conclusion(rows):
     best = max(rows, key=lambda r: r["mean"])
-    small = next((r for r in rows if r["recipe"] == "seed000-mnist-baseline"), None)
+    small = next((r for r in rows if r["recipe"] == "report000-mnist-baseline"), None)
     text = f"The most accurate is {best['model']} ({best['mean']:.2%}, {best['parameters']:,} parameters)."
     if small and small is not best:
         gap = (best["mean"] - small["mean"]) * 100
@@ -89,7 +94,7 @@ def _size_conclusion(rows):
 def _pair_conclusion(rows):
     by_name = {r["recipe"]: r for r in rows}
     sentences = []
-    for plain, residual, data in (("seed004-mnist-lenet", "seed004-mnist-resnet", "MNIST"),
+    for plain, residual, data in (("report004-mnist-lenet", "report004-mnist-resnet", "MNIST"),
                                   ("digits-baseline-cnn", "digits-mnist-resnet", "the 8x8 digits")):
         if plain in by_name and residual in by_name:
             p, r = by_name[plain], by_name[residual]

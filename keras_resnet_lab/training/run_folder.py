@@ -340,10 +340,15 @@ class RunFolder:
                         f"again, or delete {self.path}.")
 
 
-def data_contract(bundle):
-    """What a served model needs to know about its inputs: classes and preprocessing."""
+def data_contract(bundle, test_time_flip=False):
+    """What a served model needs to know about its inputs: classes, preprocessing, mirror averaging."""
     return {"dataset": bundle.name, "class_names": bundle.class_names, "input_shape": list(bundle.input_shape),
-            "preprocessing": bundle.preprocessing.to_dict()}
+            "preprocessing": bundle.preprocessing.to_dict(), "test_time_flip": bool(test_time_flip)}
+
+
+def run_flips(run_dir):
+    """Whether the run was evaluated with test-time flips (its export then averages them too)."""
+    return bool(RunFolder(run_dir).load_data_contract().get("test_time_flip", False))
 
 
 def read_run(run_dir):

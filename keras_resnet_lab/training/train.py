@@ -124,6 +124,9 @@ def _open(folder, config, identity):
 
 
 def _run(model, bundle, config, state, folder, callbacks, keep_compile, devices):
+    if state.finished and folder.load_metrics().get("test_time_flip", False) != config.test_time_flip:
+        _say(config, f"{folder.path} is already trained; evaluating it again with test_time_flip={config.test_time_flip}.")
+        return _finish(folder.load_model(), bundle, config, state, folder, devices)
     if state.finished:
         return _load_finished(folder, config, state)
     fitting.prepare(model, config, bundle.num_examples["train"], keep_compile=keep_compile,
@@ -309,14 +312,15 @@ def _evaluation_split(bundle):
 
 def _finish(model, bundle, config, state, folder, devices):
     split, data = _evaluation_split(bundle)
-    y_true, y_pred, probabilities = predict_labels(model, data)
+    y_true, y_pred, probabilities = predict_labels(model, data, config.test_time_flip)
     metrics = {"split": split, **classification_metrics(y_true, y_pred, probabilities, bundle.class_names),
+               **_without_flip(model, data, config, bundle.class_names),
                "parameters": parameter_counts(model), "flops_per_image": flops_per_image(model),
                "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done,
                "backend": keras.backend.backend(), "devices": devices, "processes": process_count(),
                "split_sizes": dict(bundle.num_examples),
                "environment": environment(keras.backend.backend(), [str(d) for d in local_devices()])}
-    folder.save_results(model, metrics, data_contract(bundle))
+    folder.save_results(model, metrics, data_contract(bundle, config.test_time_flip))
     result = TrainResult(model, history_of(state.history), metrics, folder.path, config)
     if config.reports and folder.writes:
         write_run_report(folder.path, result, bundle, (y_true, y_pred, probabilities))
@@ -325,6 +329,14 @@ def _finish(model, bundle, config, state, folder, devices):
     _say(config, f"{config.model}: {split} accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} "
                  f"({state.epochs_done} epochs; run folder {folder.path})")
     return result
+
+
+def _without_flip(model, data, config, class_names):
+    """With test_time_flip, the plain model's figures too (under "without_test_time_flip")."""
+    if not config.test_time_flip:
+        return {}
+    plain = classification_metrics(*predict_labels(model, data), class_names)
+    return {"test_time_flip": True, "without_test_time_flip": {key: plain[key] for key in ("accuracy", "loss", "f1_macro")}}
 
 
 def history_of(rows):
