@@ -132,7 +132,7 @@ RECIPES = {r.name: r for r in [
              weight_decay=5e-4, schedule="onecycle", batch_size=64, validation_split=0.1,
              dataset_options=dict(path="cats_vs_dogs.tar.gz", image_size=[128, 128], augment=["crop", "flip"],
                                   standardize=True)),
-        minutes=22,
+        minutes=14,
     ),
     Recipe(
         "report002-mnist-resnet20", "002",
