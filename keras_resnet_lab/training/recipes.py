@@ -79,14 +79,14 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "report000-mnist-resnet50", "000",
         "torchvision-exact ResNet-50 (23,528,522 parameters with 10 classes) on MNIST as 3-channel "
-        "images, from scratch: one-cycle SGD with Nesterov momentum, label smoothing and small affine "
-        "augmentation. Adam spiked on it here: the report's two fixed rates (4 + 2 epochs) reached 98.35%, "
-        "one-cycle Adam at 3e-3 99.12% (6 epochs) and 99.00% (10).",
+        "images, from scratch: one-cycle Adam and small affine augmentation for 6 epochs. Below the "
+        "report's 30 epochs: ResNet-50 spikes in training here (the report's two fixed rates, 4 + 2 "
+        "epochs: 98.35%; 10 epochs of this: 99.00%; 8 of one-cycle SGD: 98.46%).",
         "99.42% test from scratch after 30 epochs (15 at lr 0.001, 15 at lr 0.0001, batch 32)",
-        dict(model="resnet50", dataset="mnist", epochs=8, optimizer="sgd", learning_rate=0.05, nesterov=True,
-             weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, batch_size=128, validation_split=0.1,
-             dataset_options=dict(channels=3, augment="affine")),
-        reported_accuracy=0.9942, minutes=21,
+        dict(model="resnet50", dataset="mnist", epochs=6, learning_rate=3e-3,
+             dataset_options=dict(channels=3, augment="affine"), **MNIST_FAST),
+        reported_accuracy=0.9942, minutes=17,
+        measured="99.12% test (seed 0) after 6 epochs, 15 min of training: below the report's 99.42% after 30",
     ),
     Recipe(
         "report000-mnist-resnet18", "000",
