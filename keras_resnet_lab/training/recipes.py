@@ -137,6 +137,7 @@ RECIPES = {r.name: r for r in [
              dataset_options=dict(path="cats_vs_dogs.tar.gz", image_size=[128, 128], augment=["crop", "flip"],
                                   standardize=True)),
         minutes=14,
+        measured="73.67% ± 3.38 test (seeds 0-2: 70.35% to 77.10%) after 30 epochs, 9-14 min of training per run",
     ),
     Recipe(
         "report002-mnist-resnet20", "002",
