@@ -238,9 +238,9 @@ RECIPES = {r.name: r for r in [
     ),
     *[_depth_recipe(depth, minutes, measured) for depth, minutes, measured in (
         (8, 4, "75.56% test (seed 0) after 10 epochs, 3.1 min of training"),
-        (14, 6, None),
+        (14, 6, "79.96% test (seed 0) after 10 epochs, 5.0 min of training"),
         (20, 9, "81.29% test (seed 0) after 10 epochs, 7.5 min of training"),
-        (32, 14, None),
+        (32, 14, "80.50% test (seed 0) after 10 epochs, 11.1 min of training"),
     )],
     Recipe(
         "digits-baseline-cnn", "main job",

@@ -48,7 +48,8 @@ def summarize(name, finished):
                                    if m.get("test_time_flip")] or None,
         "test_loss": statistics.fmean(m["loss"] for _, m in finished),
         "epochs": first.get("epochs_trained"), "minutes": statistics.fmean(minutes) if minutes else None,
-        "model": recipe.settings["model"], "parameters": first.get("parameters", {}).get("total"),
+        # Trainable weights, as PyTorch and the papers count (batch norm's moving statistics are not parameters).
+        "model": recipe.settings["model"], "parameters": first.get("parameters", {}).get("trainable"),
         "flops_per_image": first.get("flops_per_image"), "test_examples": first.get("num_examples"),
         "beats_mean": None if recipe.reported_accuracy is None else statistics.fmean(accuracies) > recipe.reported_accuracy,
         "beats_every_seed": None if recipe.reported_accuracy is None else min(accuracies) >= recipe.reported_accuracy,
