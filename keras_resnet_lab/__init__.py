@@ -37,7 +37,7 @@ _LAZY = {
     "train": ".training.train", "TrainResult": ".training.train",
     "compare": ".training.compare", "configs_for": ".training.compare", "reproduce": ".training.reproduce",
     "configure_cpu_replicas": ".training.replicas",
-    "export": ".export", "load_exported": ".export",
+    "export": ".exporting", "load_exported": ".exporting",
     "tune": ".tuning", "TuneConfig": ".tuning", "TuneResult": ".tuning",
 }
 # Names that exist only on Keras's TensorFlow backend (TensorFlow's thread pools). The rest runs
@@ -60,10 +60,6 @@ def __getattr__(name):
     loaded = importlib.import_module(module, __name__)
     value = getattr(loaded, name)
     globals()[name] = value
-    # Importing `.export` binds the package's `export` to that module: the function keeps the name.
-    short = module.lstrip(".")
-    if short in _LAZY and globals().get(short) is loaded:
-        globals()[short] = getattr(loaded, short)
     return value
 
 

@@ -158,7 +158,7 @@ def _auto_replicas(config, args):
 
 
 def _export(run_dir):
-    from .export import export
+    from .exporting import export
 
     print(f"Exported a SavedModel to {export(run_dir)}")
 
@@ -217,7 +217,7 @@ def cmd_reproduce(args):
 
 
 def cmd_export(args):
-    from .export import export
+    from .exporting import export
 
     print(export(args.run_dir, args.export_dir, version=args.version, overwrite=args.overwrite))
 
@@ -226,7 +226,7 @@ def cmd_predict(args):
     import csv
     import json
 
-    from .export import load_exported, predict_files
+    from .exporting import load_exported, predict_files
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be 1 or more (how many classes to list); received {args.top_k}.")
@@ -253,7 +253,7 @@ def cmd_predict(args):
 def cmd_visualize(args):
     from pathlib import Path
 
-    from .export import load_run, prepare_images, read_image
+    from .exporting import load_run, prepare_images, read_image
     from .plots import plot_activations
 
     model, prep, _, name = load_run(args.run_dir)

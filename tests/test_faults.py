@@ -107,7 +107,7 @@ def test_tune_overwrite_never_deletes_a_folder_that_is_not_a_search(in_tmp):
 
 def test_replacing_an_export_version_is_never_seen_half_done(finished_run, tmp_path, monkeypatch):
     """A kill right after any deletion during `export --overwrite` still leaves a whole version 1."""
-    from keras_resnet_lab.export import load_exported, verify_manifest
+    from keras_resnet_lab.exporting import load_exported, verify_manifest
 
     run, _ = finished_run
     target = lab.export(str(run), str(tmp_path / "served"), version=1)
@@ -183,7 +183,7 @@ def test_a_cache_built_under_warn_does_not_bypass_on_bad_file_error(tmp_path):
 
 
 def test_16_bit_images_are_scaled_not_clipped(tmp_path):
-    from keras_resnet_lab.export import read_image
+    from keras_resnet_lab.exporting import read_image
 
     folder = tmp_path / "deep"
     for split in ("train", "test"):
