@@ -90,6 +90,23 @@ def test_torchvision_layout_of_the_bottleneck():
     assert model.get_layer("stage4_block3_out").output.shape[1:] == (2, 2, 2048)
 
 
+@pytest.mark.parametrize("name,last", [("resnet18", "_2_bn"), ("resnet50", "_3_bn")])
+def test_zero_init_residual_starts_every_block_as_its_shortcut(name, last):
+    """torchvision's zero_init_residual: each branch's last BN scale is 0, so a block that keeps
+    its shape outputs relu(its input); the parameter count does not change."""
+    plain = lab.build_model(name, input_shape=(32, 32, 3), num_classes=10)
+    model = lab.build_model(name, input_shape=(32, 32, 3), num_classes=10, zero_init_residual=True)
+    assert lab.parameter_counts(model) == lab.parameter_counts(plain)
+    last_bns = [l for l in model.layers if l.name.startswith("stage") and l.name.endswith(last)]
+    assert len(last_bns) == (8 if name == "resnet18" else 16)
+    assert all(not l.gamma.numpy().any() for l in last_bns)
+    assert plain.get_layer(last_bns[0].name).gamma.numpy().all()
+    probe = keras.Model(model.input, [model.get_layer("stage1_block2_add").input[0],
+                                      model.get_layer("stage1_block2_out").output])
+    block_input, block_output = probe(tf.random.normal((2, 32, 32, 3)))
+    np.testing.assert_allclose(block_output.numpy(), np.maximum(block_input.numpy(), 0), atol=1e-6)
+
+
 def test_cifar_option_a_shortcut_has_no_parameters_and_b_projects():
     a = lab.build_model("cifar_resnet20", input_shape=(32, 32, 1))
     b = lab.build_model("cifar_resnet20", input_shape=(32, 32, 1), shortcut="B")
@@ -115,6 +132,7 @@ def test_num_blocks_per_stage_changes_the_residual_network():
         (lambda: lab.build_model("lenet5", activation="swish2"), "Unknown activation 'swish2'"),
         (lambda: lab.build_model("baseline_cnn", input_shape=(8, 8, 1)), "at least 16x16.*8x8"),
         (lambda: lab.build_model("baseline_cnn", conv_dropout=1.5), "conv_dropout.*1.5"),
+        (lambda: lab.build_model("resnet18", zero_init_residual="yes"), "zero_init_residual.*'yes'"),
         (lambda: lab.build_model("lenet5", input_shape=(28, 28)), "input_shape.*received"),
         (lambda: lab.build_model("lenet5", num_classes=0), "num_classes.*received 0"),
     ],

@@ -31,11 +31,12 @@ def activation_layer(activation, name):
     return layers.Activation(activation, name=name)
 
 
-def conv_bn(x, filters, kernel_size, *, strides=1, name):
+def conv_bn(x, filters, kernel_size, *, strides=1, zero_gamma=False, name):
     """A bias-free convolution followed by batch normalization (the ResNet convention).
 
     Stride-2 convolutions pad explicitly and symmetrically, as PyTorch does, instead of Keras'
     asymmetric 'same' padding, so the outputs match torchvision's layer for layer.
+    `zero_gamma` starts the batch norm's scale at 0 (the last layer of a residual branch).
     """
     pad = kernel_size // 2
     if strides > 1 and pad:
@@ -52,12 +53,13 @@ def conv_bn(x, filters, kernel_size, *, strides=1, name):
         kernel_initializer=TORCH_CONV_INIT,
         name=f"{name}_conv",
     )(x)
-    return batch_norm(x, name=f"{name}_bn")
+    return batch_norm(x, zero_gamma=zero_gamma, name=f"{name}_bn")
 
 
-def batch_norm(x, *, name):
+def batch_norm(x, *, zero_gamma=False, name):
     """Batch normalization with PyTorch's epsilon and momentum, fused on TensorFlow."""
-    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    gamma = "zeros" if zero_gamma else "ones"
+    return BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, gamma_initializer=gamma, name=name)(x)
 
 
 def classifier_head(x, num_classes, *, pooling="avg", dropout=0.0):

@@ -42,22 +42,26 @@ def _act(x, activation, dropout, name):
     return layers.Dropout(dropout, name=f"{name}_dropout")(x) if dropout else x
 
 
-def basic_block(x, filters, strides, *, shortcut, activation, dropout, name):
-    """Two 3x3 conv-BN layers and a shortcut; `dropout` follows each activation (report 003)."""
+def basic_block(x, filters, strides, *, shortcut, activation, dropout, name, zero_init_residual=False):
+    """Two 3x3 conv-BN layers and a shortcut; `dropout` follows each activation (report 003).
+
+    `zero_init_residual` starts the branch's last batch-norm scale at 0, so that the block starts
+    as the identity (torchvision's option of that name; Goyal et al. 2017).
+    """
     y = conv_bn(x, filters, 3, strides=strides, name=f"{name}_1")
     y = _act(y, activation, dropout, f"{name}_1_act")
-    y = conv_bn(y, filters, 3, name=f"{name}_2")
+    y = conv_bn(y, filters, 3, zero_gamma=zero_init_residual, name=f"{name}_2")
     y = layers.Add(name=f"{name}_add")([_shortcut(x, filters, strides, shortcut, name), y])
     return _act(y, activation, dropout, f"{name}_out")
 
 
-def bottleneck_block(x, filters, strides, *, shortcut, activation, dropout, name):
+def bottleneck_block(x, filters, strides, *, shortcut, activation, dropout, name, zero_init_residual=False):
     """1x1 reduce, 3x3 (carrying the stride, as torchvision's v1.5), 1x1 expand by 4."""
     y = conv_bn(x, filters, 1, name=f"{name}_1")
     y = _act(y, activation, dropout, f"{name}_1_act")
     y = conv_bn(y, filters, 3, strides=strides, name=f"{name}_2")
     y = _act(y, activation, dropout, f"{name}_2_act")
-    y = conv_bn(y, filters * BOTTLENECK_EXPANSION, 1, name=f"{name}_3")
+    y = conv_bn(y, filters * BOTTLENECK_EXPANSION, 1, zero_gamma=zero_init_residual, name=f"{name}_3")
     expanded = filters * BOTTLENECK_EXPANSION
     y = layers.Add(name=f"{name}_add")([_shortcut(x, expanded, strides, shortcut, name), y])
     return _act(y, activation, dropout, f"{name}_out")
@@ -106,13 +110,14 @@ def cifar_resnet(input_shape, num_classes, *, name, depth=20, shortcut="A", acti
 
 def imagenet_resnet(
     input_shape, num_classes, *, name, depth=18, stem="imagenet", block_dropout=0.0,
-    head_dropout=0.0, activation="relu",
+    head_dropout=0.0, activation="relu", zero_init_residual=False,
 ):
     """ResNet-18/34/50/101/152 as torchvision lays them out, with a swappable first layer.
 
     `stem="imagenet"`: 7x7 stride-2 conv and 3x3 stride-2 max-pool (224x224 inputs);
     `stem="small"`: one 3x3 stride-1 conv and no pool, for 8x8 to 64x64 inputs. Any channel count
-    is accepted; `num_classes` swaps the last layer.
+    is accepted; `num_classes` swaps the last layer. `zero_init_residual=True` starts every
+    residual branch's last batch-norm scale at 0, as torchvision's option of that name.
     """
     if depth not in IMAGENET_STAGES:
         raise ConfigError(choices_message("ImageNet ResNet depth", depth, list(IMAGENET_STAGES)))
@@ -121,6 +126,8 @@ def imagenet_resnet(
     for option, rate in (("block_dropout", block_dropout), ("head_dropout", head_dropout)):
         if not isinstance(rate, (int, float)) or not 0 <= rate < 1:
             raise ConfigError(f"{option} must be a dropout rate in [0, 1); received {rate!r}.")
+    if not isinstance(zero_init_residual, bool):
+        raise ConfigError(f"zero_init_residual must be true or false; received {zero_init_residual!r}.")
     check_activation(activation)
     if stem == "imagenet":  # stem and stages shrink 32-fold: below 17 the last two stages see 1x1 maps
         check_min_size(f"{name} with stem='imagenet'", input_shape, 17,
@@ -130,6 +137,6 @@ def imagenet_resnet(
     x = _stem(inputs, stem, IMAGENET_FILTERS[0], activation)
     x = _stack(
         x, BLOCKS[block], stage_sizes, IMAGENET_FILTERS,
-        shortcut="B", activation=activation, dropout=block_dropout,
+        shortcut="B", activation=activation, dropout=block_dropout, zero_init_residual=zero_init_residual,
     )
     return keras.Model(inputs, classifier_head(x, num_classes, dropout=head_dropout), name=name)
