@@ -10,17 +10,32 @@ def predict_labels(model, dataset, test_time_flip=False):
 
     `test_time_flip`: the logits are the mean of the image's and its mirror image's.
     """
+    true, logits, mirrored = _true_and_logits(model, dataset, test_time_flip)
+    return _labelled(true, logits if mirrored is None else (logits + mirrored) / 2)
+
+
+def predict_labels_with_and_without_flip(model, dataset):
+    """`predict_labels` with test_time_flip and without, from one pass over each image and its mirror."""
+    true, logits, mirrored = _true_and_logits(model, dataset, True)
+    return _labelled(true, (logits + mirrored) / 2), _labelled(true, logits)
+
+
+def _true_and_logits(model, dataset, test_time_flip):
+    """True labels, logits and (with `test_time_flip`, else None) the mirror images' logits."""
     dataset = even_batches(dataset, training=False, own_part=False)  # JAX devices: padded, weights 0 for the pads
     images = dataset.map(lambda images, *rest: images)
     logits = _logits(model, images)
-    if test_time_flip:
-        logits = (logits + _logits(model, images.map(mirror))) / 2
+    mirrored = _logits(model, images.map(mirror)) if test_time_flip else None
     columns = list(zip(*dataset.map(lambda images, *rest: rest).as_numpy_iterator()))
     true = np.concatenate(columns[0])
     if len(columns) > 1:  # drop the pads
         real = np.concatenate(columns[1]) > 0
-        true, logits = true[real], np.asarray(logits)[real]
-    logits = np.asarray(logits, np.float64)
+        true, logits = true[real], logits[real]
+        mirrored = None if mirrored is None else mirrored[real]
+    return true, logits, mirrored
+
+
+def _labelled(true, logits):
     probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     return true, probabilities.argmax(axis=1), probabilities

@@ -14,7 +14,7 @@ from ..models import check_options, check_weights_for, flops_per_image, paramete
 from . import fitting
 from .callbacks import RunKeeper
 from .config import TrainConfig
-from .evaluation import classification_metrics, predict_labels
+from .evaluation import classification_metrics, predict_labels, predict_labels_with_and_without_flip
 from ..hardware import check_fast_kernels, environment
 from .devices import (barrier, check_batch_sizes, device_count, distributed, local_devices, process_count,
                       process_index, start_processes)
@@ -312,9 +312,12 @@ def _evaluation_split(bundle):
 
 def _finish(model, bundle, config, state, folder, devices):
     split, data = _evaluation_split(bundle)
-    y_true, y_pred, probabilities = predict_labels(model, data, config.test_time_flip)
+    if config.test_time_flip:
+        (y_true, y_pred, probabilities), plain = predict_labels_with_and_without_flip(model, data)
+    else:
+        (y_true, y_pred, probabilities), plain = predict_labels(model, data), None
     metrics = {"split": split, **classification_metrics(y_true, y_pred, probabilities, bundle.class_names),
-               **_without_flip(model, data, config, bundle.class_names),
+               **_without_flip(plain, bundle.class_names),
                "parameters": parameter_counts(model), "flops_per_image": flops_per_image(model),
                "best_epoch": state.best_epoch, "epochs_trained": state.epochs_done,
                "backend": keras.backend.backend(), "devices": devices, "processes": process_count(),
@@ -331,11 +334,11 @@ def _finish(model, bundle, config, state, folder, devices):
     return result
 
 
-def _without_flip(model, data, config, class_names):
+def _without_flip(plain_predictions, class_names):
     """With test_time_flip, the plain model's figures too (under "without_test_time_flip")."""
-    if not config.test_time_flip:
+    if plain_predictions is None:
         return {}
-    plain = classification_metrics(*predict_labels(model, data), class_names)
+    plain = classification_metrics(*plain_predictions, class_names)
     return {"test_time_flip": True, "without_test_time_flip": {key: plain[key] for key in ("accuracy", "loss", "f1_macro")}}
 
 
