@@ -79,14 +79,18 @@ RECIPES = {r.name: r for r in [
     Recipe(
         "report000-mnist-resnet50", "000",
         "torchvision-exact ResNet-50 (23,528,522 parameters with 10 classes) on MNIST as 3-channel "
-        "images, from scratch: one-cycle Adam and small affine augmentation for 6 epochs. Below the "
-        "report's 30 epochs: ResNet-50 spikes in training here (the report's two fixed rates, 4 + 2 "
-        "epochs: 98.35%; 10 epochs of this: 99.00%; 8 of one-cycle SGD: 98.46%).",
+        "images, from scratch: every residual branch starting as the identity (torchvision's "
+        "zero_init_residual), one-cycle Adam at batch 64 and label smoothing for 5 epochs, against the "
+        "report's 30. Without the zero start, ResNet-50 spiked in training here (one-cycle Adam with "
+        "affine augmentation, batch 128: 99.12% after 6 epochs, 99.00% after 10; the report's two fixed "
+        "rates, 4 + 2 epochs: 98.35%).",
         "99.42% test from scratch after 30 epochs (15 at lr 0.001, 15 at lr 0.0001, batch 32)",
-        dict(model="resnet50", dataset="mnist", epochs=6, learning_rate=3e-3,
-             dataset_options=dict(channels=3, augment="affine"), **MNIST_FAST),
-        reported_accuracy=0.9942, minutes=17,
-        measured="99.12% test (seed 0) after 6 epochs, 15 min of training: below the report's 99.42% after 30",
+        dict(model="resnet50", model_options=dict(zero_init_residual=True), dataset="mnist", epochs=5,
+             optimizer="adam", learning_rate=2e-3, schedule="onecycle", batch_size=64, label_smoothing=0.1,
+             validation_split=0.1, dataset_options=dict(channels=3)),
+        reported_accuracy=0.9942, minutes=60,
+        measured="99.44% test (seed 0) after 5 epochs, 49 min of training on an AVX2-only 2-core EPYC "
+                 "(one seed: 0.02 points above the report's 99.42% after 30 epochs, within seed-to-seed noise)",
     ),
     Recipe(
         "report000-mnist-resnet18", "000",
