@@ -62,6 +62,18 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1  # the per-seed plot
 
 
+def test_the_report_keeps_every_finished_run_whichever_command_trained_it(tmp_path):
+    lenet = plan(["report004-mnist-lenet"], seeds=5, run_dir=tmp_path)  # seeds 3 and 4 beyond the default
+    resnet = plan(["report004-mnist-resnet"], seeds=1, run_dir=tmp_path)[0]
+    for run in lenet + [resnet]:
+        fake_run(run, 0.99, 107_786 if run in lenet else 126_346)
+    (tmp_path / "report004-mnist-resnet" / "seed-x").mkdir()  # not a run folder: ignored
+    report = reproduce(["report004-mnist-resnet"], seeds=1, run_dir=tmp_path, train=False)
+    text = report.read_text()
+    assert "| report004-mnist-lenet | 004 |" in text and "(5 seeds: 99.00% to 99.00%)" in text
+    assert "| report004-mnist-resnet | 004 |" in text and "(1 seed)" in text
+
+
 def test_the_report_gives_the_figure_without_test_time_flips_too(tmp_path):
     run = plan(["report002-cifar10-resnet20"], seeds=1, run_dir=tmp_path)[0]
     fake_run(run, 0.8724, 272_474, test_time_flip=True, without_test_time_flip={"accuracy": 0.858})

@@ -70,6 +70,20 @@ def finished_metrics(run):
     return metrics if state.get("finished") and same else None
 
 
+def finished_runs(run_dir="runs/reproduce"):
+    """(run, metrics) for every finished run folder `RUN_DIR/<recipe>/seed-<n>`, whichever command
+    trained it: recipes in plan order (shortest first), then seeds in order. A report written from
+    these keeps every experiment measured so far, not only those of the last `--only`."""
+    order = default_recipes() + sorted(set(RECIPES) - set(default_recipes()))
+    found = []
+    for name in order:
+        folders = Path(run_dir, name).glob("seed-*")
+        seeds = sorted(int(f.name[len("seed-"):]) for f in folders if f.name[len("seed-"):].isdigit())
+        runs = [PlannedRun(name, seed, Path(run_dir) / name / f"seed-{seed}") for seed in seeds]
+        found += [(run, metrics) for run in runs if (metrics := finished_metrics(run)) is not None]
+    return found
+
+
 def train_command(run, data_dir=None):
     """The `keras-resnet-lab train` command line of one run."""
     command = [sys.executable, "-m", "keras_resnet_lab", "train", "--recipe", run.recipe, "--seed", str(run.seed),
@@ -80,7 +94,7 @@ def train_command(run, data_dir=None):
 def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", data_dir=None, quiet=False,
               train=True):
     """Trains every planned run not yet finished (unless `train=False`), then writes the report
-    from the finished ones; returns the report's path.
+    from every finished run folder in `run_dir` (`finished_runs`); returns the report's path.
 
     Example:
         >>> reproduce(["report004-mnist-lenet", "report004-mnist-resnet"], seeds=3, data_dir="data")
@@ -88,11 +102,9 @@ def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", dat
     """
     runs = plan(recipes, seeds, long_seeds, run_dir)
     failed = []
-    for index, run in enumerate(runs, start=1):
+    for index, run in enumerate(runs if train else [], start=1):
         label = f"Run {index} of {len(runs)}: {run.recipe}, seed {run.seed}"
         metrics = finished_metrics(run)
-        if not train:
-            continue
         if metrics is not None:
             print(f"{label}: done ({metrics['split']} accuracy {metrics['accuracy']:.4f})", flush=True)
             continue
@@ -103,8 +115,7 @@ def reproduce(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce", dat
             failed.append(run)
             print(f"{label} failed (exit {code}); what it trained is kept in {run.folder}: "
                   "run the same reproduce command again to resume it.", flush=True)
-    finished = [(run, metrics) for run in runs if (metrics := finished_metrics(run)) is not None]
-    report = write_reproduction_report(run_dir, finished)
+    report = write_reproduction_report(run_dir, finished_runs(run_dir))
     if failed:
         names = ", ".join(f"{r.recipe} seed {r.seed}" for r in failed)
         raise ConfigError(f"{len(failed)} of {len(runs)} runs did not finish ({names}); the report in {report} "
