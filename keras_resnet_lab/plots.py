@@ -244,5 +244,6 @@ def plot_seed_accuracies(rows, path, title="Test accuracy: each random seed, and
     axis.set_xlabel("test accuracy (%)")
     axis.grid(axis="x", alpha=0.3)
     axis.set_title(title)
-    axis.legend(loc="lower left", fontsize=8)
+    # Beside the axes, not inside: any corner can hide a seed's dot when accuracies span 75-100%.
+    axis.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return save_figure(figure, path)
