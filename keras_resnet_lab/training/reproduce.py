@@ -74,13 +74,14 @@ def finished_runs(run_dir="runs/reproduce"):
     """(run, metrics) for every finished run folder `RUN_DIR/<recipe>/seed-<n>`, whichever command
     trained it: recipes in plan order (shortest first), then seeds in order. A report written from
     these keeps every experiment measured so far, not only those of the last `--only`."""
-    order = default_recipes() + sorted(set(RECIPES) - set(default_recipes()))
+    runnable = default_recipes()
     found = []
-    for name in order:
-        folders = Path(run_dir, name).glob("seed-*")
-        seeds = sorted(int(f.name[len("seed-"):]) for f in folders if f.name[len("seed-"):].isdigit())
-        runs = [PlannedRun(name, seed, Path(run_dir) / name / f"seed-{seed}") for seed in seeds]
-        found += [(run, metrics) for run in runs if (metrics := finished_metrics(run)) is not None]
+    for name in runnable + sorted(set(RECIPES) - set(runnable)):
+        suffixes = (folder.name.removeprefix("seed-") for folder in Path(run_dir, name).glob("seed-*"))
+        for seed in sorted(int(s) for s in suffixes if s.isdigit()):
+            run = PlannedRun(name, seed, Path(run_dir, name, f"seed-{seed}"))
+            if (metrics := finished_metrics(run)) is not None:
+                found.append((run, metrics))
     return found
 
 
