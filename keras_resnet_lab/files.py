@@ -158,6 +158,18 @@ def sha256_file(path):
     return digest.hexdigest()
 
 
+def sha256_once(path):
+    """A file's SHA-256, read once per process for each (path, size, modification time): a run
+    checks an archive or a checkpoint more than once (before the data loads, per tuner trial)."""
+    info = Path(path).stat()
+    return _sha256_once(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_once(path, size, mtime_ns):
+    return sha256_file(path)
+
+
 def markdown_table(header, rows):
     """A GitHub Markdown table; cells are converted with `str`."""
     lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]

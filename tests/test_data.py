@@ -327,6 +327,34 @@ def test_malicious_zip_is_refused(tmp_path, kind):
     assert not (tmp_path / "escaped.txt").exists()
 
 
+def _tar_with_note(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("pets/note.txt")
+        info.size, info.mtime = len(text), 0
+        tar.addfile(info, io.BytesIO(text.encode()))
+
+
+def test_the_extraction_cache_is_keyed_on_the_archives_bytes(tmp_path):
+    cache = tmp_path / "cache"
+    archive = tmp_path / "a" / "pets.tar"
+    _tar_with_note(archive, "cat")
+    first = extract_archive(archive, cache)
+
+    copy = tmp_path / "copy" / "pets.tar"  # the same bytes, copied later: a new modification time
+    copy.parent.mkdir()
+    copy.write_bytes(archive.read_bytes())
+    os.utime(copy, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    assert extract_archive(copy, cache) == first
+
+    changed = tmp_path / "b" / "pets.tar"  # other bytes with the same name, size and time
+    _tar_with_note(changed, "dog")
+    os.utime(changed, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns))
+    assert changed.stat().st_size == archive.stat().st_size
+    assert (extract_archive(changed, cache) / "pets" / "note.txt").read_text() == "dog"
+    assert (first / "pets" / "note.txt").read_text() == "cat"
+
+
 def test_interrupted_extraction_leaves_no_trusted_cache(tmp_path, monkeypatch):
     root = tmp_path / "pets"
     _write_image_folder(root)

@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import DataError
-from ..files import staging_dir
+from ..files import sha256_once, staging_dir
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 LIMITS_ENV = "KERAS_RESNET_LAB_ARCHIVE_LIMITS"
@@ -77,10 +77,10 @@ def default_cache_dir():
 
 
 def archive_key(path):
-    """A cache key that changes when the archive's name, size or modification time changes."""
-    info = Path(path).stat()
+    """The archive's name and the start of its SHA-256: a copy of the same archive (a new
+    modification time) reuses its extraction, a changed one with the same size and time does not."""
     stem = Path(path).name.split(".")[0]
-    return f"{stem}-{info.st_size}-{info.st_mtime_ns}"
+    return f"{stem}-{sha256_once(path)[:16]}"
 
 
 def _check_member_name(archive, name):

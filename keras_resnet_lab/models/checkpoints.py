@@ -8,7 +8,6 @@
 """
 
 import collections
-import functools
 import importlib
 import importlib.util
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, WeightsError
-from ..files import CHECKPOINT_SUFFIXES, atomic_path, sha256_file
+from ..files import CHECKPOINT_SUFFIXES, atomic_path, sha256_once
 
 WEIGHTS_ENV = "KERAS_RESNET_LAB_WEIGHTS"  # a folder searched first for the "imagenet" files
 WEIGHTS_URL_ROOT = "https://download.pytorch.org/models/"
@@ -233,13 +232,7 @@ def checkpoint_sha256(path):
     """A checkpoint file's SHA-256, computed once per process for each (path, size, mtime): a run
     checks its weights before the data loads, builds its model from them, and a search builds one
     model per trial."""
-    info = Path(path).stat()
-    return _sha256_once(str(Path(path).resolve()), info.st_size, info.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_once(path, size, mtime_ns):
-    return sha256_file(path)
+    return sha256_once(path)
 
 
 def _verified(path, digest, *, downloaded):
