@@ -228,15 +228,8 @@ def _keras_cache():
     return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")).expanduser()
 
 
-def checkpoint_sha256(path):
-    """A checkpoint file's SHA-256, computed once per process for each (path, size, mtime): a run
-    checks its weights before the data loads, builds its model from them, and a search builds one
-    model per trial."""
-    return sha256_once(path)
-
-
 def _verified(path, digest, *, downloaded):
-    actual = checkpoint_sha256(path)
+    actual = sha256_once(path)  # once per process: checked before the data loads, again per tuner trial
     if actual.startswith(digest):
         return path
     if downloaded:  # our own download: remove it so that the next call fetches it again

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, WeightsError
-from ..files import CHECKPOINT_SUFFIXES
+from ..files import CHECKPOINT_SUFFIXES, sha256_once
 from . import checkpoints
 
 _BLOCK_LAYER = re.compile(r"^stage(\d+)_block(\d+)_(\d|shortcut)_(conv|bn)$")
@@ -219,7 +219,7 @@ def weights_identity(model_name, weights):
     if weights == "imagenet" and model_name in checkpoints.IMAGENET_FILES:
         return {"imagenet": checkpoints.IMAGENET_FILES[model_name][1]}
     path = Path(weights).expanduser()
-    return {"sha256": checkpoints.checkpoint_sha256(path) if path.is_file() else None, "file": path.name}
+    return {"sha256": sha256_once(path) if path.is_file() else None, "file": path.name}
 
 
 def load_pretrained(model, model_name, weights, *, small_stem):
