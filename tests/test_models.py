@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -88,6 +91,29 @@ def test_torchvision_layout_of_the_bottleneck():
     assert model.get_layer("stage2_block1_2_conv").strides == (2, 2)
     assert not any(l.use_bias for l in model.layers if isinstance(l, keras.layers.Conv2D))
     assert model.get_layer("stage4_block3_out").output.shape[1:] == (2, 2, 2048)
+
+
+SEEDED_BUILD = """
+import sys, keras, numpy as np
+import keras_resnet_lab as lab
+keras.utils.set_random_seed(0)
+model = lab.build_model("cifar_resnet20", input_shape=(8, 8, 1), num_classes=10)
+np.save(sys.argv[1], np.concatenate([w.numpy().ravel() for w in model.weights]))
+"""
+
+
+def test_each_convolution_gets_its_own_draw_and_the_seed_fixes_them_in_any_process(tmp_path):
+    """A Keras initializer draws its seed when made: a shared instance gave every same-shaped conv
+    the same weights, and a different draw in every process for the same --seed."""
+    keras.utils.set_random_seed(0)
+    model = lab.build_model("cifar_resnet20", input_shape=(8, 8, 1), num_classes=10)
+    first, second = (model.get_layer(f"stage1_block1_{i}_conv").kernel.numpy() for i in (1, 2))
+    assert first.shape == second.shape and not np.allclose(first, second)
+    assert np.std(first) == pytest.approx(np.sqrt(2.0 / (3 * 3 * 16)), rel=0.1)  # kaiming, fan_out
+    subprocess.run([sys.executable, "-c", SEEDED_BUILD, str(tmp_path / "weights.npy")], check=True,
+                   capture_output=True)
+    here = np.concatenate([w.numpy().ravel() for w in model.weights])
+    np.testing.assert_array_equal(np.load(tmp_path / "weights.npy"), here)
 
 
 @pytest.mark.parametrize("name,last", [("resnet18", "_2_bn"), ("resnet50", "_3_bn")])

@@ -10,8 +10,16 @@ ACTIVATIONS = ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh")
 # PyTorch's BatchNorm defaults, so that torchvision weights map onto our layers one to one.
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
-# torchvision's ResNet initialization: kaiming_normal_(mode="fan_out", nonlinearity="relu").
-TORCH_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def torch_conv_init():
+    """torchvision's ResNet initialization: kaiming_normal_(mode="fan_out", nonlinearity="relu").
+
+    A new initializer for every layer: a Keras initializer draws its seed once, when it is made,
+    so one shared instance gave every convolution of the same shape the same starting weights,
+    and (made at import, before `keras.utils.set_random_seed`) different ones in every process.
+    """
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 def check_min_size(name, input_shape, minimum, fix="Resize the data, e.g. load_dataset(..., image_size=(28, 28))."):
@@ -50,7 +58,7 @@ def conv_bn(x, filters, kernel_size, *, strides=1, zero_gamma=False, name):
         strides=strides,
         padding=padding,
         use_bias=False,
-        kernel_initializer=TORCH_CONV_INIT,
+        kernel_initializer=torch_conv_init(),
         name=f"{name}_conv",
     )(x)
     return batch_norm(x, zero_gamma=zero_gamma, name=f"{name}_bn")
