@@ -242,10 +242,10 @@ RECIPES = {r.name: r for r in [
         measured="99.26% ± 0.11 test (seeds 0-2: 99.13% to 99.33%) after 5 epochs, 34 s of training per run",
     ),
     *[_depth_recipe(depth, minutes, measured) for depth, minutes, measured in (
-        (8, 4, "75.69% ± 0.13 test (seeds 0-2) after 10 epochs, 3-6 min of training per run"),
-        (14, 6, "80.00% ± 0.31 test (seeds 0-2) after 10 epochs, 5-11 min of training per run"),
-        (20, 9, "81.27% ± 0.12 test (seeds 0-2: 81.14% to 81.38%) after 10 epochs, 7.5-15 min of training per run"),
-        (32, 14, "80.74% ± 0.21 test (seeds 0-2: 80.50% to 80.87%) after 10 epochs, 11-23 min of training per run"),
+        (8, 4, "75.58% ± 0.78 test (seeds 0-2: 74.78% to 76.34%) after 10 epochs, 6-6.5 min of training per run"),
+        (14, 6, "80.16% ± 0.43 test (seeds 0-2: 79.69% to 80.53%) after 10 epochs, 11-12.5 min of training per run"),
+        (20, 9, "81.17% ± 0.35 test (seeds 0-2: 80.90% to 81.57%) after 10 epochs, 15-17 min of training per run"),
+        (32, 14, "81.88% ± 0.10 test (seeds 0-1: 81.81% and 81.95%) after 10 epochs, 24-26 min of training per run"),
     )],
     Recipe(
         "digits-baseline-cnn", "main job",
