@@ -113,3 +113,11 @@ def test_reproduce_trains_each_seed_once_and_resumes_as_a_whole(tmp_path, digits
     assert second.returncode == 0 and second.stdout.count(": done (test accuracy") == 2
     assert [m.stat().st_mtime_ns for m in models] == stamps  # nothing trained again
     assert "digits-baseline-cnn | main job | - | " in (tmp_path / "report.md").read_text()
+
+
+def test_the_headline_of_a_report_with_no_reports_figure_says_so(tmp_path):
+    runs = plan(["depth-cifar10-resnet8"], seeds=1, run_dir=tmp_path)
+    fake_run(runs[0], 0.76, 75_290)
+    text = write_reproduction_report(tmp_path, [(runs[0], finished_metrics(runs[0]))]).read_text()
+    assert "1 experiment measured; none has a report's figure to compare with" in text
+    assert "0 of the 0" not in text

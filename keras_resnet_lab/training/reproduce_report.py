@@ -127,8 +127,10 @@ CONCLUDE = {"size": _size_conclusion, "pairs": _pair_conclusion, "depth": _depth
 def _conclusion(rows):
     compared = [r for r in rows if r["reported_accuracy"] is not None]
     every = [r["recipe"] for r in compared if r["beats_every_seed"]]
-    text = (f"{len(rows)} experiments measured; {len(every)} of the {len(compared)} with a report's figure beat it "
-            "on every random seed")
+    measured = f"{len(rows)} experiment{'s' if len(rows) != 1 else ''} measured"
+    if not compared:
+        return f"{measured}; none has a report's figure to compare with (the depth study and our own baselines)."
+    text = f"{measured}; {len(every)} of the {len(compared)} with a report's figure beat it on every random seed"
     others = [r for r in compared if not r["beats_every_seed"]]
     if others:
         text += "; not on every seed: " + ", ".join(f"{r['recipe']} ({_verdict(r)})" for r in others)
