@@ -129,7 +129,7 @@ def _conclusion(rows):
     every = [r["recipe"] for r in compared if r["beats_every_seed"]]
     measured = f"{len(rows)} experiment{'s' if len(rows) != 1 else ''} measured"
     if not compared:
-        return f"{measured}; none has a report's figure to compare with (the depth study and our own baselines)."
+        return f"{measured}; none has a report's figure to compare with."
     text = f"{measured}; {len(every)} of the {len(compared)} with a report's figure beat it on every random seed"
     others = [r for r in compared if not r["beats_every_seed"]]
     if others:
