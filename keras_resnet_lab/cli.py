@@ -205,11 +205,10 @@ def cmd_demo(args):
 
 
 def cmd_reproduce(args):
-    from .training.reproduce import plan, reproduce
+    from .training.reproduce import describe_plan, plan, reproduce
 
     if args.list:
-        for run in plan(args.only, args.seeds, args.long_seeds, args.run_dir):
-            print(f"{run.recipe} seed {run.seed} -> {run.folder}")
+        print(describe_plan(plan(args.only, args.seeds, args.long_seeds, args.run_dir)))
         return
     report = reproduce(args.only, args.seeds, args.long_seeds, args.run_dir, args.data_dir, args.quiet,
                        train=not args.report_only)
@@ -372,7 +371,7 @@ def build_parser():
         "reproduce", help="run the seed reports' experiments on several random seeds and write one report",
         **_examples("keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds",
                     "keras-resnet-lab reproduce --only report004-mnist-lenet report004-mnist-resnet --seeds 5",
-                    "keras-resnet-lab reproduce --list                        # the runs it would make",
+                    "keras-resnet-lab reproduce --list                        # the runs: done, to resume, to train",
                     "keras-resnet-lab reproduce --report-only                 # the report from the runs so far",
                     "Interrupted, the same command resumes: finished runs are read, the others resume."))
     reproduce.add_argument("--only", nargs="+", metavar="RECIPE",
@@ -382,7 +381,9 @@ def build_parser():
                            help="random seeds of recipes that take over 15 minutes on a 2-core CPU (default: 1)")
     reproduce.add_argument("--run-dir", default="runs/reproduce", help="default: runs/reproduce")
     reproduce.add_argument("--data-dir", help="folder of the dataset files (default $KERAS_RESNET_LAB_DATA)")
-    reproduce.add_argument("--list", action="store_true", help="print the planned runs and stop")
+    reproduce.add_argument("--list", action="store_true",
+                           help="print the planned runs (done, to resume or to train) and the minutes left; "
+                                "train nothing")
     reproduce.add_argument("--report-only", action="store_true",
                            help="write the report from the runs finished so far, training nothing")
     reproduce.add_argument("--quiet", action="store_true", help="no progress bars from the runs")

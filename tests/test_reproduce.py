@@ -8,7 +8,8 @@ import pytest
 
 from keras_resnet_lab.errors import ConfigError
 from keras_resnet_lab.training.recipes import RECIPES, get_recipe
-from keras_resnet_lab.training.reproduce import LONG_MINUTES, default_recipes, finished_metrics, plan, reproduce
+from keras_resnet_lab.training.reproduce import (LONG_MINUTES, default_recipes, describe_plan, finished_metrics, plan,
+                                              reproduce, run_status)
 from keras_resnet_lab.training.reproduce_report import write_reproduction_report
 
 
@@ -121,3 +122,18 @@ def test_the_headline_of_a_report_with_no_reports_figure_says_so(tmp_path):
     text = write_reproduction_report(tmp_path, [(runs[0], finished_metrics(runs[0]))]).read_text()
     assert "1 experiment measured; none has a report's figure to compare with" in text
     assert "0 of the 0" not in text
+
+
+def test_the_list_says_which_runs_are_done_which_resume_and_the_minutes_left(tmp_path):
+    runs = plan(["report004-mnist-lenet"], seeds=3, run_dir=tmp_path)
+    fake_run(runs[0], 0.9912, 107_786)
+    runs[1].folder.mkdir(parents=True)  # interrupted after 2 of its 5 epochs
+    (runs[1].folder / "state.json").write_text(json.dumps({"finished": False, "epochs_done": 2}))
+    lines = describe_plan(runs).splitlines()
+    assert lines[0].endswith("seed-0: done (test accuracy 0.9912)")
+    assert lines[1].endswith("seed-1: resumes after epoch 2 of 5") and lines[2].endswith("seed-2: to train")
+    minutes = get_recipe("report004-mnist-lenet").minutes * (3 / 5 + 1)
+    assert lines[3].startswith(f"1 of 3 runs done; about {minutes:.0f} minutes of training left")
+    saved = json.loads((runs[0].folder / "config.json").read_text())
+    (runs[0].folder / "config.json").write_text(json.dumps({**saved, "epochs": 7}))  # an edited recipe
+    assert run_status(runs[0])[0].startswith("holds a run with other settings")

@@ -85,6 +85,38 @@ def finished_runs(run_dir="runs/reproduce"):
     return found
 
 
+def run_status(run):
+    """What `reproduce` does with a planned run, and the minutes of training that leaves (the
+    recipe's 2-core CPU estimate): ("done (test accuracy 0.9942)", 0), ("resumes after epoch 3 of
+    10", ...) or ("to train", ...)."""
+    recipe = get_recipe(run.recipe)
+    metrics = finished_metrics(run)
+    if metrics is not None:
+        return f"done ({metrics['split']} accuracy {metrics['accuracy']:.4f})", 0.0
+    try:
+        state = json.loads((run.folder / STATE).read_text())
+    except (OSError, ValueError):
+        return "to train", recipe.minutes
+    if state.get("finished"):
+        return "holds a run with other settings than the recipe's (`train` names them)", recipe.minutes
+    epochs = recipe.config(seed=run.seed).epochs
+    done = min(int(state.get("epochs_done", 0)), epochs)
+    return f"resumes after epoch {done} of {epochs}", recipe.minutes * (epochs - done) / epochs
+
+
+def describe_plan(runs):
+    """One line per planned run with its status (`run_status`), then the totals."""
+    lines, left, done = [], 0.0, 0
+    for run in runs:
+        status, minutes = run_status(run)
+        lines.append(f"{run.recipe} seed {run.seed} -> {run.folder}: {status}")
+        left += minutes
+        done += status.startswith("done")
+    lines.append(f"{done} of {len(runs)} runs done; about {left:.0f} minutes of training left (the recipes' "
+                 "estimates for a 2-core CPU; our 2-core machines differ up to twice in speed).")
+    return "\n".join(lines)
+
+
 def train_command(run, data_dir=None):
     """The `keras-resnet-lab train` command line of one run."""
     command = [sys.executable, "-m", "keras_resnet_lab", "train", "--recipe", run.recipe, "--seed", str(run.seed),
