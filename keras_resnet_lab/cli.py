@@ -329,12 +329,13 @@ def build_parser():
         description="Compare plain CNNs with residual networks on Keras 3: train, compare, tune, ship.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="what to do (each command has its own --help, with examples)")
     models = sub.add_parser("models", help="list the model zoo with parameter counts",
                             **_examples("keras-resnet-lab models", "keras-resnet-lab models --all"))
     models.add_argument("--all", action="store_true", help="also count ResNet-101/152 (slower)")
     models.set_defaults(func=cmd_models)
-    sub.add_parser("recipes", help="list the recipes that reproduce the seed experiments",
+    sub.add_parser("recipes", help="list the recipes that reproduce the student reports' experiments",
                    **_examples("keras-resnet-lab recipes")).set_defaults(func=cmd_recipes)
 
     train = sub.add_parser("train", help="train one model (a recipe, a config file or flags)", **_examples(
@@ -368,7 +369,7 @@ def build_parser():
     _add_config_flags(demo)
     demo.set_defaults(func=cmd_demo)
     reproduce = sub.add_parser(
-        "reproduce", help="run the seed reports' experiments on several random seeds and write one report",
+        "reproduce", help="run the student reports' experiments on several random seeds and write one report",
         **_examples("keras-resnet-lab reproduce --data-dir data              # every CPU recipe, 3 seeds",
                     "keras-resnet-lab reproduce --only report004-mnist-lenet report004-mnist-resnet --seeds 5",
                     "keras-resnet-lab reproduce --list                        # the runs: done, to resume, to train",
@@ -429,7 +430,8 @@ def build_parser():
     tune.set_defaults(func=cmd_tune)
 
     visualize = sub.add_parser("visualize", help="look inside a trained model")
-    kinds = visualize.add_subparsers(dest="kind", required=True)
+    kinds = visualize.add_subparsers(dest="kind", required=True, metavar="{activations}",
+                                     help="what to draw (each has its own --help)")
     activations = kinds.add_parser("activations", help="feature-map grids after the stem and each stage", **_examples(
         "keras-resnet-lab visualize activations runs/demo/report001-digits-resnet18 digit.png --per block"))
     activations.add_argument("run_dir", help="a finished run folder")

@@ -1,4 +1,4 @@
-"""Named configurations that reproduce every experiment of the seed reports, and beat them.
+"""Named configurations that reproduce every experiment of the student reports, and beat them.
 
 Each recipe is a `TrainConfig` plus what its report gave. `reported` is the report's figure;
 `measured` is ours, with the command that measures it in the README.

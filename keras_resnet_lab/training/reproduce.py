@@ -1,4 +1,4 @@
-"""`reproduce`: the seed reports' experiments, each on several random seeds, in one report.
+"""`reproduce`: the student reports' experiments, each on several random seeds, in one report.
 
 Each (recipe, seed) is one ordinary run folder, `RUN_DIR/<recipe>/seed-<n>`, trained by the
 `train` command in its own process (every recipe gets a fresh TensorFlow, with its own thread

@@ -156,7 +156,7 @@ def write_reproduction_report(run_dir, finished_runs):
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "reproduce.json", json.dumps(rows, indent=1))
     if not rows:
-        return _write(folder, "Reproducing the seed reports", [("p", "No run has finished yet.")])[0]
+        return _write(folder, "Reproducing the student reports", [("p", "No run has finished yet.")])[0]
     plot_seed_accuracies([(r["recipe"], r["accuracies"], r["reported_accuracy"]) for r in rows],
                          folder / "accuracies.png")
     environments = [m.get("environment") or {} for runs in finished.values() for _, m in runs]
@@ -189,4 +189,4 @@ def write_reproduction_report(run_dir, finished_runs):
                    ("table", (("recipe", "the report's figure", "why"),
                               [(r.name, r.reported, f"needs {NEEDS[r.needs]}" if r.needs else
                                 "not run yet: keras-resnet-lab reproduce --only " + r.name) for r in missing]))]
-    return _write(folder, "Reproducing the seed reports", blocks)[0]
+    return _write(folder, "Reproducing the student reports", blocks)[0]
