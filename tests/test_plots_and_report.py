@@ -35,7 +35,7 @@ def test_a_run_writes_every_figure_and_a_report(run):
     assert grids == ["activations_01_stage1_block1_out.png", "activations_02_stage2_block1_out.png"]
     markdown = (run.run_dir / "report.md").read_text()
     assert "Metrics (test split)" in markdown and "| accuracy |" in markdown and "FLOPs per image" in markdown and "plots/curves.png" in markdown
-    assert "mnist_resnet reached " in markdown and "after 1 epoch;" in markdown and "commonest mistake is '" in markdown  # the generated conclusion
+    assert "mnist_resnet (num_blocks=(1, 1)) reached " in markdown and "after 1 epoch;" in markdown and "commonest mistake is '" in markdown  # the generated conclusion
     assert "keras 3." in markdown and "| examples (train / validation / test) | 1,293 / 144 / 360 |" in markdown
     per_class = [line for line in markdown.splitlines() if line.startswith("| 7 |")]
     assert len(per_class) == 1 and per_class[0].endswith("| 36 |")  # precision, recall, F1, images of class 7
@@ -122,3 +122,16 @@ def test_a_comparison_is_concluded_on_validation_accuracy_not_test():
     assert text.startswith("Chosen on validation accuracy (98.00%): resnet18. On the test split, read once at the "
                            "end, it scores 97.00%.")  # the better test score of the CNN does not choose it
     assert "The smallest, cnn (21,840 trainable parameters, 504x fewer), scores 99.00% (2.00 points above)." in text
+
+
+def test_reports_name_a_model_with_the_options_that_shape_it():
+    from keras_resnet_lab.models import model_label
+    from keras_resnet_lab.training.recipes import get_recipe
+    from keras_resnet_lab.training.report import run_title
+
+    assert model_label("resnet18") == "resnet18" and model_label("resnet18", {}) == "resnet18"
+    assert model_label("baseline_cnn", {"dense_dropout": 0.2, "conv_dropout": 0.2}) == \
+        "baseline_cnn (conv_dropout=0.2, dense_dropout=0.2)"
+    assert run_title(get_recipe("depth-cifar10-resnet32").config()) == \
+        "depth-cifar10-resnet32: cifar_resnet (depth=32) on cifar10"  # not four reports titled "cifar_resnet"
+    assert run_title(lab.TrainConfig(model="lenet5", dataset="digits")) == "lenet5 on digits"

@@ -58,7 +58,7 @@ def test_the_report_sets_each_recipe_beside_its_report_and_answers_the_questions
     assert "depth-cifar10-resnet8" in text  # the unanswered question names its command
     numbers = json.loads((tmp_path / "reproduce.json").read_text())
     assert numbers[0]["accuracies"] == [0.990, 0.992, 0.976] and numbers[0]["beats_every_seed"] is False
-    assert all(isinstance(v, (int, float, bool, list, type(None))) or k in ("recipe", "origin", "reported", "model")
+    assert all(isinstance(v, (int, float, bool, list, type(None))) or k in ("recipe", "origin", "reported", "model", "model_label")
                for row in numbers for k, v in row.items())  # numbers, not formatted strings
     assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 1  # the per-seed plot
 

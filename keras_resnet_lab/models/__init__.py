@@ -5,7 +5,7 @@ from .freeze import freeze, parameter_counts, print_parameter_summary
 from .layers import portable_copy
 from .mnist import baseline_cnn, lenet_resnet
 from .pretrained import save_torchvision_weights, torchvision_state_dict, weights_file, weights_identity
-from .registry import build_model, check_options, check_weights_for, get_spec, list_models, register
+from .registry import build_model, check_options, check_weights_for, get_spec, list_models, model_label, register
 from .resnet import IMAGENET_STAGES, cifar_resnet, imagenet_resnet
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)

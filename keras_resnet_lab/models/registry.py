@@ -77,6 +77,13 @@ def check_options(name, options):
     return spec
 
 
+def model_label(name, options=None):
+    """The model's registry name with the options that shape it, as reports name it, e.g.
+    "cifar_resnet (depth=32)" or "resnet18 (stem=small)"."""
+    settings = ", ".join(f"{key}={value}" for key, value in sorted((options or {}).items()))
+    return f"{name} ({settings})" if settings else name
+
+
 def check_weights_for(name, weights):
     """Refuses `weights` the model `name` cannot take, before anything is built or downloaded."""
     weights = check_weights(weights)

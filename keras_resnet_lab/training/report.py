@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ..files import markdown_table, write_text_atomic
+from ..models import model_label
 from ..plots import plot_activations, plot_confusion_matrix, plot_curves, plot_mistakes, plot_samples
 from .run_folder import PLOTS, REPORT_HTML, REPORT_MD
 
@@ -124,7 +125,7 @@ def run_conclusion(result, class_names):
     """One paragraph, generated from the numbers: what the run reached, which epoch it kept and why,
     its commonest mistake and its weakest class."""
     m, config = result.metrics, result.config
-    text = (f"{config.model} reached {m['accuracy']:.2%} {m['split']} accuracy (macro F1 {m['f1_macro']:.4f}, "
+    text = (f"{model_label(config.model, config.model_options)} reached {m['accuracy']:.2%} {m['split']} accuracy (macro F1 {m['f1_macro']:.4f}, "
             f"loss {m['loss']:.4f}) after {_count(m.get('epochs_trained'), 'epoch')}")
     if m.get("best_epoch"):
         text += f"; the weights kept are those of epoch {m['best_epoch']}, chosen by {config.monitor}"
@@ -143,11 +144,17 @@ def run_conclusion(result, class_names):
     return text
 
 
+def run_title(config):
+    """"depth-cifar10-resnet32: cifar_resnet (depth=32) on cifar10", without the recipe if none."""
+    title = f"{model_label(config.model, config.model_options)} on {config.dataset}"
+    return f"{config.recipe}: {title}" if config.recipe else title
+
+
 def draw_run_plots(folder, result, bundle, predictions):
     """Curves, the confusion matrix, test samples, the worst errors and activation grids."""
     plots = folder / PLOTS
     config = result.config
-    plot_curves({config.model: result.history}, plots / "curves.png", title=f"{config.model} on {config.dataset}",
+    plot_curves({config.model: result.history}, plots / "curves.png", title=run_title(config),
                 best_epochs={config.model: result.metrics.get("best_epoch")})
     plot_confusion_matrix(result.metrics["confusion_matrix"], bundle.class_names, plots / "confusion_matrix.png",
                           title=f"Confusion matrix ({result.metrics['split']})")
@@ -182,7 +189,7 @@ def write_run_report(folder, result, bundle, predictions):
         ("h2", "Activations"), *[("image", p) for p in _images(folder, "plots/activations/*.png")],
         ("h2", "Configuration"), ("pre", result.config.to_json()),
     ]
-    return _write(folder, f"{result.config.model} on {result.config.dataset}", blocks)
+    return _write(folder, run_title(result.config), blocks)
 
 
 def comparison_conclusion(results, names):

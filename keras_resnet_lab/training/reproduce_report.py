@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from ..files import write_text_atomic
+from ..models import model_label
 from ..plots import plot_seed_accuracies
 from .recipes import NEEDS, RECIPES, get_recipe
 from .report import _write, environment_rows
@@ -49,7 +50,9 @@ def summarize(name, finished):
         "test_loss": statistics.fmean(m["loss"] for _, m in finished),
         "epochs": first.get("epochs_trained"), "minutes": statistics.fmean(minutes) if minutes else None,
         # Trainable weights, as PyTorch and the papers count (batch norm's moving statistics are not parameters).
-        "model": recipe.settings["model"], "parameters": first.get("parameters", {}).get("trainable"),
+        "model": recipe.settings["model"],
+        "model_label": model_label(recipe.settings["model"], recipe.settings.get("model_options")),
+        "parameters": first.get("parameters", {}).get("trainable"),
         "flops_per_image": first.get("flops_per_image"), "test_examples": first.get("num_examples"),
         "beats_mean": None if recipe.reported_accuracy is None else statistics.fmean(accuracies) > recipe.reported_accuracy,
         "beats_every_seed": None if recipe.reported_accuracy is None else min(accuracies) >= recipe.reported_accuracy,
@@ -180,7 +183,7 @@ def write_reproduction_report(run_dir, finished_runs):
             continue
         blocks.append(("table", (("recipe", "model", "parameters", "FLOPs per image (2 per multiply-add)",
                                   "epochs", "test accuracy", "minutes per run"),
-                                 [(r["recipe"], r["model"], f"{r['parameters']:,}", f"{r['flops_per_image']:,}",
+                                 [(r["recipe"], r["model_label"], f"{r['parameters']:,}", f"{r['flops_per_image']:,}",
                                    r["epochs"], _accuracy(r), _minutes(r)) for r in answered])))
         blocks.append(("p", CONCLUDE[kind](answered)))
     missing = [r for r in RECIPES.values() if r.name not in by_name]
