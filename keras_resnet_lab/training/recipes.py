@@ -242,9 +242,9 @@ RECIPES = {r.name: r for r in [
         measured="99.26% ± 0.11 test (seeds 0-2: 99.13% to 99.33%) after 5 epochs, 34 s of training per run",
     ),
     *[_depth_recipe(depth, minutes, measured) for depth, minutes, measured in (
-        (8, 4, "75.58% ± 0.78 test (seeds 0-2: 74.78% to 76.34%) after 10 epochs, 6-6.5 min of training per run"),
+        (8, 4, "75.58% ± 0.78 test (seeds 0-2: 74.78% to 76.34%) after 10 epochs, 6-7.5 min of training per run"),
         (14, 6, "80.16% ± 0.43 test (seeds 0-2: 79.69% to 80.53%) after 10 epochs, 11-12.5 min of training per run"),
-        (20, 9, "81.17% ± 0.35 test (seeds 0-2: 80.90% to 81.57%) after 10 epochs, 15-17 min of training per run"),
+        (20, 9, "81.17% ± 0.35 test (seeds 0-2: 80.90% to 81.57%) after 10 epochs, 16-18.5 min of training per run"),
         (32, 14, "81.81% ± 0.15 test (seeds 0-2: 81.66% to 81.95%) after 10 epochs, 23-26 min of training per run"),
     )],
     Recipe(
