@@ -125,8 +125,8 @@ def run_conclusion(result, class_names):
     """One paragraph, generated from the numbers: what the run reached, which epoch it kept and why,
     its commonest mistake and its weakest class."""
     m, config = result.metrics, result.config
-    text = (f"{model_label(config.model, config.model_options)} reached {m['accuracy']:.2%} {m['split']} accuracy (macro F1 {m['f1_macro']:.4f}, "
-            f"loss {m['loss']:.4f}) after {_count(m.get('epochs_trained'), 'epoch')}")
+    text = (f"{model_label(config.model, config.model_options)} reached {m['accuracy']:.2%} {m['split']} accuracy "
+            f"(macro F1 {m['f1_macro']:.4f}, loss {m['loss']:.4f}) after {_count(m.get('epochs_trained'), 'epoch')}")
     if m.get("best_epoch"):
         text += f"; the weights kept are those of epoch {m['best_epoch']}, chosen by {config.monitor}"
     text += "."
