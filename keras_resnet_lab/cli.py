@@ -16,7 +16,8 @@ CONFIG_FLAGS = {
     "--optimizer": (str, "sgd, adam, adamw or rmsprop"),
     "--learning-rate": (float, "the peak learning rate"),
     "--schedule": (str, "constant, step, cosine, onecycle or plateau"),
-    "--weight-decay": (float, "decoupled weight decay (not on biases and batch norm)"),
+    "--weight-decay": (float, "decoupled weight decay, times the learning rate each step (not on biases and "
+                              "batch norm): 5e-3 at rate 0.1 is about SGD's usual 5e-4 L2"),
     "--clipnorm": (float, "clip each gradient's norm to this"),
     "--label-smoothing": (float, "label smoothing, e.g. 0.1"),
     "--validation-split": (float, "fraction of train held out to pick the best epoch"),

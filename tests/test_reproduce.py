@@ -136,4 +136,4 @@ def test_the_list_says_which_runs_are_done_which_resume_and_the_minutes_left(tmp
     assert lines[3].startswith(f"1 of 3 runs done; about {minutes:.0f} minutes of training left")
     saved = json.loads((runs[0].folder / "config.json").read_text())
     (runs[0].folder / "config.json").write_text(json.dumps({**saved, "epochs": 7}))  # an edited recipe
-    assert run_status(runs[0])[0].startswith("holds a run with other settings")
+    assert run_status(runs[0]).text.startswith("holds a run with other settings")

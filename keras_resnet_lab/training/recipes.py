@@ -154,18 +154,19 @@ RECIPES = {r.name: r for r in [
     ),
     Recipe(
         "report002-cifar10-resnet20", "002",
-        "ResNet-20 on CIFAR-10 with the paper's SGD (momentum 0.9; weight decay 1e-3 here, as Keras decays "
-        "weights outside the momentum: the paper's 1e-4 L2 penalty through momentum 0.9), crop and flip, "
+        "ResNet-20 on CIFAR-10 with SGD (momentum 0.9) and weight decay 5e-3: Keras decays weights outside "
+        "the momentum, so this is about the common 5e-4 L2 penalty through momentum 0.9 (1e-3, about the "
+        "paper's 1e-4 penalty, left the network alone below the report), crop and flip, "
         "cosine decay, batch 64 (twice the updates per epoch), label smoothing 0.1, and each test image's "
         "logits averaged with its mirror image's (metrics.json also holds the plain figure).",
         "86.63% test after 80 epochs",
         dict(model="cifar_resnet20", dataset="cifar10", epochs=40, optimizer="sgd", learning_rate=0.05,
-             weight_decay=1e-3, schedule="cosine", warmup_epochs=1, batch_size=64, label_smoothing=0.1,
+             weight_decay=5e-3, schedule="cosine", warmup_epochs=1, batch_size=64, label_smoothing=0.1,
              validation_split=0.1, test_time_flip=True,
              dataset_options=dict(augment=["crop", "flip"], standardize=True)),
         reported_accuracy=0.8663, minutes=33,
-        measured="87.21% test (seed 0) with test-time flips (86.34% without) after 40 epochs,"
-                 " 64 min of training on a 2-core Xeon",
+        measured="88.20% test (seed 0) with test-time flips (86.81% without) after 40 epochs,"
+                 " 63 min of training on a 2-core AMD EPYC",
     ),
     Recipe(
         "report003-mnist-regularized", "003",

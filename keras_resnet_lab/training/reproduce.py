@@ -51,23 +51,28 @@ def plan(recipes=None, seeds=3, long_seeds=1, run_dir="runs/reproduce"):
     return runs
 
 
+def _read_json(path):
+    """The JSON file's content, or None where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def finished_metrics(run):
     """The run's metrics.json where its folder holds this recipe and seed trained to the end, else None.
 
     A folder trained with other settings (an edited recipe) is not finished: `train` then says
     how it differs.
     """
-    try:
-        state = json.loads((run.folder / STATE).read_text())
-        saved = json.loads((run.folder / CONFIG).read_text())
-        metrics = json.loads((run.folder / METRICS).read_text())
-    except (OSError, ValueError):
+    state, saved, metrics = (_read_json(run.folder / name) for name in (STATE, CONFIG, METRICS))
+    if state is None or saved is None or metrics is None or not state.get("finished"):
         return None
     expected = get_recipe(run.recipe).config(seed=run.seed).to_dict()
     defaults = TrainConfig().to_dict()  # settings added since the folder was written have their defaults there
     compared = set(expected) - set(RESUME_NEUTRAL) | set(EVALUATION_ONLY)
     same = all(saved.get(key, defaults[key]) == expected[key] for key in compared)
-    return metrics if state.get("finished") and same else None
+    return metrics if same else None
 
 
 def finished_runs(run_dir="runs/reproduce"):
@@ -85,33 +90,39 @@ def finished_runs(run_dir="runs/reproduce"):
     return found
 
 
+@dataclasses.dataclass(frozen=True)
+class RunStatus:
+    """Where a planned run stands: what `reproduce` does with it, and the minutes of training that
+    leaves (the recipe's 2-core CPU estimate)."""
+
+    text: str
+    minutes_left: float
+    done: bool = False
+
+
 def run_status(run):
-    """What `reproduce` does with a planned run, and the minutes of training that leaves (the
-    recipe's 2-core CPU estimate): ("done (test accuracy 0.9942)", 0), ("resumes after epoch 3 of
-    10", ...) or ("to train", ...)."""
+    """The planned run's `RunStatus`: "done (test accuracy 0.9942)", "resumes after epoch 3 of 10",
+    "to train", or that its folder holds a run with other settings."""
     recipe = get_recipe(run.recipe)
     metrics = finished_metrics(run)
     if metrics is not None:
-        return f"done ({metrics['split']} accuracy {metrics['accuracy']:.4f})", 0.0
-    try:
-        state = json.loads((run.folder / STATE).read_text())
-    except (OSError, ValueError):
-        return "to train", recipe.minutes
+        return RunStatus(f"done ({metrics['split']} accuracy {metrics['accuracy']:.4f})", 0.0, done=True)
+    state = _read_json(run.folder / STATE)
+    if state is None:
+        return RunStatus("to train", recipe.minutes)
     if state.get("finished"):
-        return "holds a run with other settings than the recipe's (`train` names them)", recipe.minutes
+        return RunStatus("holds a run with other settings than the recipe's (`train` names them)", recipe.minutes)
     epochs = recipe.config(seed=run.seed).epochs
     done = min(int(state.get("epochs_done", 0)), epochs)
-    return f"resumes after epoch {done} of {epochs}", recipe.minutes * (epochs - done) / epochs
+    return RunStatus(f"resumes after epoch {done} of {epochs}", recipe.minutes * (epochs - done) / epochs)
 
 
 def describe_plan(runs):
     """One line per planned run with its status (`run_status`), then the totals."""
-    lines, left, done = [], 0.0, 0
-    for run in runs:
-        status, minutes = run_status(run)
-        lines.append(f"{run.recipe} seed {run.seed} -> {run.folder}: {status}")
-        left += minutes
-        done += status.startswith("done")
+    statuses = [run_status(run) for run in runs]
+    lines = [f"{run.recipe} seed {run.seed} -> {run.folder}: {status.text}" for run, status in zip(runs, statuses)]
+    done = sum(status.done for status in statuses)
+    left = sum(status.minutes_left for status in statuses)
     lines.append(f"{done} of {len(runs)} runs done; about {left:.0f} minutes of training left (the recipes' "
                  "estimates for a 2-core CPU; our 2-core machines differ up to twice in speed).")
     return "\n".join(lines)
